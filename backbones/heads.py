@@ -1,0 +1,61 @@
+"""Task heads: turn tower outputs into class logits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Backbone
+
+
+class LinearHead(nn.Module):
+    """A trainable linear classifier on image features (ViT-style transfer)."""
+
+    def __init__(self, feature_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(features)
+
+
+class TextClassifierHead(nn.Module):
+    """CLIP classifier: class prompts from templates x class names through the text tower; cosine
+    logits scaled by the model's logit scale. Text features are computed once and cached whenever
+    the text tower carries no trainable parameter (DESIGN section 8)."""
+
+    def __init__(self, backbone: Backbone, class_names: Sequence[str], templates: Sequence[str]) -> None:
+        super().__init__()
+        if backbone.kind != "clip":
+            raise ValueError("TextClassifierHead needs a CLIP backbone")
+        self.__dict__["backbone"] = backbone  # a reference, not a submodule: the classifier owns it
+        self.class_names = list(class_names)
+        self.templates = list(templates)
+        prompts = [t.format(c) for c in self.class_names for t in self.templates]
+        self.register_buffer("token_ids", backbone.tokenize(prompts), persistent=False)
+        self._cache: torch.Tensor | None = None
+
+    def invalidate(self) -> None:
+        self._cache = None
+
+    def _compute(self) -> torch.Tensor:
+        feats = F.normalize(self.backbone.encode_text(self.token_ids), dim=-1)
+        feats = feats.view(len(self.class_names), len(self.templates), -1).mean(dim=1)
+        return F.normalize(feats, dim=-1)
+
+    def class_features(self) -> torch.Tensor:
+        if self.backbone.tower("text").has_trainable_parameters():
+            self._cache = None
+            return self._compute()
+        if self._cache is None or self._cache.device != self.token_ids.device:
+            with torch.no_grad():
+                self._cache = self._compute()
+        return self._cache
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        text = self.class_features()
+        scale = self.backbone.logit_scale.exp()
+        return scale * F.normalize(features, dim=-1) @ text.t().to(features.dtype)

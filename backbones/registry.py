@@ -1,0 +1,89 @@
+"""Backbones by name: built-ins here, third-party ones through the ``petlbench.backbones`` entry points."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+from petlbench.errors import UserError
+
+from .base import Backbone
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    name: str
+    kind: str
+    description: str
+    build: Callable[[bool], Backbone]  # pretrained -> backbone
+    source: str = "petlbench"
+
+
+def _builtins() -> dict[str, BackboneEntry]:
+    from .clip import build_open_clip, build_tiny_clip
+    from .vit import build_timm_vit, build_tiny_vit
+
+    entries = [
+        BackboneEntry(
+            "tiny-clip",
+            "clip",
+            "open_clip CLIP, width 64, 2+2 layers, 32px, seeded random init (tests, smoke)",
+            lambda pretrained: build_tiny_clip("tiny-clip"),
+        ),
+        BackboneEntry(
+            "tiny-vit",
+            "vit",
+            "timm ViT, width 64, 2 layers, 32px, seeded random init (tests, smoke)",
+            lambda pretrained: build_tiny_vit("tiny-vit"),
+        ),
+        BackboneEntry(
+            "clip-vit-b16",
+            "clip",
+            "CLIP ViT-B/16 (open_clip 'ViT-B-16-quickgelu', pretrained 'openai')",
+            lambda pretrained: build_open_clip(
+                "clip-vit-b16", "ViT-B-16-quickgelu", "openai" if pretrained else None
+            ),
+        ),
+        BackboneEntry(
+            "vit-b16",
+            "vit",
+            "supervised ViT-B/16, ImageNet-21k (timm 'vit_base_patch16_224.augreg_in21k')",
+            lambda pretrained: build_timm_vit("vit-b16", "vit_base_patch16_224.augreg_in21k", pretrained),
+        ),
+    ]
+    return {e.name: e for e in entries}
+
+
+def backbone_entries() -> dict[str, BackboneEntry]:
+    entries = _builtins()
+    for ep in entry_points(group="petlbench.backbones"):
+        if ep.name in entries:
+            continue
+        dist = ep.dist.name if ep.dist is not None else "?"
+        entries[ep.name] = BackboneEntry(
+            ep.name, "plugin", f"from {dist}", lambda pretrained, ep=ep: ep.load()(pretrained), source=dist
+        )
+    return entries
+
+
+def list_backbones() -> list[BackboneEntry]:
+    return list(backbone_entries().values())
+
+
+def backbone_kind(name: str) -> str:
+    return _entry(name).kind
+
+
+def _entry(name: str) -> BackboneEntry:
+    entries = backbone_entries()
+    if name not in entries:
+        raise UserError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(entries))}")
+    return entries[name]
+
+
+def build_backbone(name: str, pretrained: bool = True) -> Backbone:
+    """Build a registered backbone; ``pretrained=False`` gives the same architecture with random weights."""
+    backbone = _entry(name).build(pretrained)
+    backbone.freeze()
+    return backbone

@@ -1,0 +1,152 @@
+"""Towers: a frozen stack of transformer blocks that reads its layers' slots.
+
+A tower runs the real model's blocks by reading their submodules (norms, attention weights, MLP,
+layer scale) in place; attention always goes through :func:`slot_attention`. Backbone adapters
+subclass :class:`Tower` and add the embedding and pooling of their model around :meth:`run_blocks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .attention import slot_attention
+from .slots import InputTokens, LayerSlots
+
+
+@dataclass
+class BlockView:
+    """Accessors into one real transformer block (no weights are copied)."""
+
+    ln_1: nn.Module
+    ln_2: nn.Module
+    mlp: nn.Module
+    qkv_weight: Callable[[], torch.Tensor]
+    qkv_bias: Callable[[], torch.Tensor | None]
+    out_proj: nn.Linear
+    ls_1: nn.Module
+    ls_2: nn.Module
+    q_norm: nn.Module | None = None
+    k_norm: nn.Module | None = None
+
+    def forward(self, x: torch.Tensor, slots: LayerSlots, heads: int, causal: bool) -> torch.Tensor:
+        h = self.ln_1(x)
+        a = slot_attention(
+            h,
+            self.qkv_weight(),
+            self.qkv_bias(),
+            self.out_proj.weight,
+            self.out_proj.bias,
+            heads,
+            slots=slots,
+            causal=causal,
+            norm=self.ln_1,
+            q_norm=self.q_norm if self.q_norm is not None else _identity,
+            k_norm=self.k_norm if self.k_norm is not None else _identity,
+        )
+        a = self.ls_1(a)
+        if slots.after_attn is not None:
+            a = slots.after_attn(a)
+        x = x + a
+        m = self.ls_2(self.mlp(self.ln_2(x)))
+        if slots.after_mlp is not None:
+            m = slots.after_mlp(m)
+        return x + m
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@dataclass
+class Inserted:
+    """How many method tokens currently sit in the stream at each position."""
+
+    after_first: int = 0
+    end: int = 0
+
+
+def insert_tokens(x: torch.Tensor, slot: InputTokens, inserted: Inserted) -> torch.Tensor:
+    """Place ``slot``'s active tokens into ``x`` (B, L, d), replacing or keeping earlier ones."""
+    tokens = slot.active().to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+    n = tokens.shape[1]
+    if slot.position == "after_first":
+        drop = inserted.after_first if slot.mode == "replace" else 0
+        x = torch.cat([x[:, :1], tokens, x[:, 1 + drop :]], dim=1)
+        inserted.after_first += n - drop
+    else:
+        drop = inserted.end if slot.mode == "replace" else 0
+        x = torch.cat([x[:, : x.shape[1] - drop], tokens], dim=1)
+        inserted.end += n - drop
+    return x
+
+
+def strip_inserted(x: torch.Tensor, inserted: Inserted) -> torch.Tensor:
+    """Remove method tokens so pooling sees the backbone's own tokens only."""
+    end = x.shape[1] - inserted.end
+    return torch.cat([x[:, :1], x[:, 1 + inserted.after_first : end]], dim=1)
+
+
+class Tower(nn.Module):
+    """A stack of frozen blocks with one :class:`LayerSlots` per layer.
+
+    Subclasses register the real model's modules (so parameters are counted and moved) and set
+    ``width``, ``heads``, ``depth``, ``causal`` and ``_views``.
+    """
+
+    name: str
+    width: int
+    heads: int
+    depth: int
+    causal: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._views: list[BlockView] = []
+        self.slots: list[LayerSlots] = []
+
+    def _init_slots(self, views: list[BlockView]) -> None:
+        self._views = views
+        self.depth = len(views)
+        self.slots = [LayerSlots() for _ in views]
+
+    def clear_slots(self) -> None:
+        self.slots = [LayerSlots() for _ in self._views]
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    def has_trainable_parameters(self) -> bool:
+        """True when anything this tower computes depends on a parameter that requires grad."""
+        if any(p.requires_grad for p in self.parameters()):
+            return True
+        for s in self.slots:
+            for item in (s.input_tokens, s.kv_residual, s.kv_heads):
+                if item is not None:
+                    tensors = [getattr(item, f) for f in ("tokens", "keys", "values") if hasattr(item, f)]
+                    if any(t.requires_grad for t in tensors):
+                        return True
+            for mod in (s.qkv_delta, s.after_attn, s.after_mlp):
+                if mod is not None and any(p.requires_grad for p in mod.parameters()):
+                    return True
+        return bool(getattr(self, "token_embeddings", None))
+
+    def run_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, Inserted]:
+        """Run every layer, inserting input tokens where slots ask. Returns the stream and counts."""
+        if self.causal:
+            for s in self.slots:
+                if s.input_tokens is not None and s.input_tokens.position == "end":
+                    raise ValueError(
+                        f"tower {self.name!r} is causal: tokens appended at the end are never read; "
+                        "use position='after_first'"
+                    )
+        inserted = Inserted()
+        for view, slots in zip(self._views, self.slots, strict=True):
+            if slots.input_tokens is not None:
+                x = insert_tokens(x, slots.input_tokens, inserted)
+            x = view.forward(x, slots, self.heads, self.causal)
+        return x, inserted

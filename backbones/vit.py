@@ -1,0 +1,111 @@
+"""Supervised ViT through timm: tower ``image``; features are the pre-logits (CLS after the final norm)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from petlbench.errors import UserError
+
+from .base import Backbone
+from .tower import BlockView, Tower, strip_inserted
+
+
+def _timm_views(blocks: nn.Sequential) -> list[BlockView]:
+    from timm.layers import Attention
+    from timm.models.vision_transformer import Block
+
+    views = []
+    for blk in blocks:
+        attn = getattr(blk, "attn", None)
+        if not isinstance(blk, Block) or not isinstance(attn, Attention):
+            raise UserError(
+                f"unsupported timm block {type(blk).__name__}; only the ViT pre-norm Block is supported"
+            )
+        if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:
+            raise UserError("timm attention with scale-norm or gating is not supported")
+        views.append(
+            BlockView(
+                ln_1=blk.norm1,
+                ln_2=blk.norm2,
+                mlp=blk.mlp,
+                qkv_weight=lambda a=attn: a.qkv.weight,
+                qkv_bias=lambda a=attn: a.qkv.bias,
+                out_proj=attn.proj,
+                ls_1=blk.ls1,
+                ls_2=blk.ls2,
+                q_norm=attn.q_norm,
+                k_norm=attn.k_norm,
+            )
+        )
+    return views
+
+
+class TimmViTImageTower(Tower):
+    """timm ``VisionTransformer``. Input tokens go after CLS, with no position embedding (VPT)."""
+
+    name = "image"
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        if getattr(vit, "attn_pool", None) is not None:
+            raise UserError("timm ViTs with attention pooling are not supported")
+        self.vit = vit
+        self.width = vit.embed_dim
+        self.heads = vit.blocks[0].attn.num_heads
+        self._init_slots(_timm_views(vit.blocks))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        v = self.vit
+        x = v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(pixels))))
+        x, inserted = self.run_blocks(x)
+        x = strip_inserted(v.norm(x), inserted)
+        return v.forward_head(x, pre_logits=True)
+
+
+class TimmViTBackbone(Backbone):
+    kind = "vit"
+
+    def __init__(self, name: str, vit: nn.Module, config: dict) -> None:
+        cfg = getattr(vit, "pretrained_cfg", {}) or {}
+        size = vit.patch_embed.img_size
+        super().__init__(
+            name,
+            {"image": TimmViTImageTower(vit)},
+            image_size=int(size[0] if isinstance(size, tuple | list) else size),
+            mean=cfg.get("mean", (0.5, 0.5, 0.5)),
+            std=cfg.get("std", (0.5, 0.5, 0.5)),
+            feature_dim=int(vit.num_features),
+            interpolation=cfg.get("interpolation", "bicubic"),
+            config=config,
+        )
+        self.freeze()
+
+
+def build_timm_vit(name: str, arch: str, pretrained: bool) -> TimmViTBackbone:
+    import timm
+
+    try:
+        vit = timm.create_model(arch, pretrained=pretrained, num_classes=0)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(
+            f"could not build timm {arch!r} (pretrained={pretrained}): {exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}. Weights come from the Hugging Face hub and "
+            "are cached on first use; run once with network access, or use --pretrained none"
+        ) from None
+    return TimmViTBackbone(name, vit, {"source": "timm", "arch": arch, "pretrained": pretrained})
+
+
+def build_tiny_vit(name: str, seed: int = 0) -> TimmViTBackbone:
+    """timm ViT, tiny: 32x32 images, patch 8, width 64, 2 layers, 2 heads; seeded random init."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0)
+    finally:
+        torch.random.set_rng_state(state)
+    return TimmViTBackbone(
+        name, vit, {"source": "timm", "arch": "tiny", "pretrained": None, "init_seed": seed}
+    )

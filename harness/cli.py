@@ -1,0 +1,157 @@
+"""The ``bench`` command. Every user error is one line on stderr and exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from petlbench.errors import UserError
+
+DEFAULT_STORE = Path("runs") / "petlbench.sqlite"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2) like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _seeds(value: str | None) -> list[int] | None:
+    items = _csv(value)
+    if items is None:
+        return None
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise UserError(f"--seeds takes integers separated by commas, not {value!r}") from None
+
+
+def _assignments(values: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    """Parse ``key=value`` pairs; values are read as JSON when they parse, else kept as strings."""
+    out: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} takes key=value, not {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _epsilons(value: str) -> list[float]:
+    """Parse '1/255,0.01' into floats."""
+    out = []
+    for item in _csv(value) or []:
+        num, sep, den = item.partition("/")
+        try:
+            out.append(float(num) / float(den) if sep else float(num))
+        except (ValueError, ZeroDivisionError):
+            raise UserError(f"--fgsm-eps takes numbers or fractions like 8/255, not {item!r}") from None
+        if out[-1] < 0:
+            raise UserError(f"--fgsm-eps must be non-negative, not {item!r}")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bench", description="petlbench: train and compare parameter-efficient tuning methods")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="train and evaluate a method on a suite")
+    r.add_argument("--method", required=True, help="a registered method (see `bench methods`)")
+    r.add_argument(
+        "--suite", required=True, help="a suite name (see `bench suites`) or a path to a suite YAML"
+    )
+    r.add_argument("--backbone", help="backbone(s), comma-separated (default: the suite's backbones)")
+    r.add_argument("--tasks", help="a subset of the suite's tasks, comma-separated")
+    r.add_argument("--seeds", help="seeds, comma-separated (default: the suite's seeds)")
+    r.add_argument("--data-root", type=Path, help="folder holding the suite's datasets")
+    r.add_argument(
+        "--store", type=Path, default=DEFAULT_STORE, help=f"results database (default {DEFAULT_STORE})"
+    )
+    r.add_argument(
+        "--set",
+        dest="method_options",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a method option, e.g. --set num_tokens=10 --set deep=true",
+    )
+    r.add_argument(
+        "--protocol",
+        dest="protocol_options",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override the suite protocol, e.g. --protocol epochs=20 --protocol lr=0.05",
+    )
+    r.add_argument("--random-init", action="store_true", help="random backbone weights (architecture only)")
+    r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
+    r.add_argument("--json", action="store_true", help="print the results as JSON lines instead of a table")
+    r.add_argument("--no-fgsm", action="store_true", help="skip the FGSM robustness measurement")
+    r.add_argument(
+        "--fgsm-eps",
+        default="1/255,2/255,4/255,8/255",
+        help="FGSM epsilons in pixel space, comma-separated; fractions allowed (default %(default)s)",
+    )
+    r.add_argument(
+        "--fgsm-examples",
+        type=int,
+        default=500,
+        help="attack at most this many test examples (default %(default)s)",
+    )
+
+    for name, text in (
+        ("methods", "registered methods"),
+        ("suites", "available suites"),
+        ("backbones", "registered backbones"),
+    ):
+        sub.add_parser(name, help=f"list {text}")
+
+    s = sub.add_parser("show", help="show one stored run")
+    s.add_argument("run", help="a run id or a unique prefix of one")
+    s.add_argument("--store", type=Path, default=DEFAULT_STORE)
+
+    rb = sub.add_parser("robust", help="re-measure FGSM robustness of a stored run")
+    rb.add_argument("run", help="a run id or a unique prefix of one")
+    rb.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    rb.add_argument("--suite", help="suite name or YAML path, if the run's suite is not a built-in")
+    rb.add_argument("--data-root", type=Path)
+    rb.add_argument("--fgsm-eps", default="1/255,2/255,4/255,8/255")
+    rb.add_argument("--fgsm-examples", type=int, default=None)
+    rb.add_argument("--device", default="auto")
+
+    lr = sub.add_parser("runs", help="list stored runs")
+    lr.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    lr.add_argument("--method")
+    lr.add_argument("--suite")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        from . import commands
+
+        return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted; finished runs are stored, the current run resumes from its last epoch",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""Implementations of the ``bench`` sub-commands (imported lazily by the CLI, so ``--help`` is fast)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from petlbench.errors import UserError
+
+from .cli import _assignments, _csv, _epsilons, _seeds
+
+console = Console(stderr=True)
+out = Console()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from petlbench.benchmarks.suites import load_suite
+
+    from .runner import Runner, plan_runs
+    from .store import Store
+
+    suite = load_suite(args.suite)
+    if args.data_root is not None and not args.data_root.is_dir():
+        raise UserError(f"--data-root {args.data_root} is not a folder")
+    if suite.needs_data_root and args.data_root is None:
+        raise UserError(f"suite {suite.name!r} reads datasets from disk: pass --data-root FOLDER")
+    specs, notes = plan_runs(
+        args.method,
+        suite,
+        backbones=_csv(args.backbone),
+        tasks=_csv(args.tasks),
+        seeds=_seeds(args.seeds),
+        method_config=_assignments(args.method_options, "--set"),
+        protocol_overrides=_assignments(args.protocol_options, "--protocol"),
+        pretrained=not args.random_init,
+        measure={}
+        if args.no_fgsm
+        else {"fgsm": {"epsilons": _epsilons(args.fgsm_eps), "max_examples": args.fgsm_examples}},
+    )
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}")
+    store = Store(args.store)
+    runner = Runner(
+        store,
+        suite,
+        data_root=args.data_root,
+        device=args.device,
+        checkpoint_dir=args.store.parent / "checkpoints",
+    )
+    outcomes = []
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        overall = progress.add_task(f"{args.method} on {suite.name}", total=len(specs), info="")
+        for spec in specs:
+            label = f"  {spec.backbone} / {spec.task} / seed {spec.seed}"
+            bar = progress.add_task(label, total=None, info="")
+
+            def on_step(step: int, total: int, loss: float, bar: Any = bar) -> None:
+                progress.update(bar, completed=step, total=total, info=f"loss {loss:.3f}")
+
+            outcome = runner.run(spec, on_step=on_step)
+            metric = outcome.result.get("metric", "accuracy")
+            info = (
+                "cached" if outcome.skipped else f"{metric} {outcome.metrics.get(metric, float('nan')):.2f}"
+            )
+            progress.update(bar, total=1, completed=1, info=info)
+            progress.advance(overall)
+            outcomes.append(outcome)
+    store.close()
+    if args.json:
+        for o in outcomes:
+            out.print_json(
+                json.dumps(
+                    {
+                        "run_id": o.spec.run_id,
+                        "spec": o.spec.to_dict(),
+                        "metrics": o.metrics,
+                        "skipped": o.skipped,
+                    }
+                )
+            )
+    else:
+        _print_results(outcomes, args.store)
+    return 0
+
+
+def _print_results(outcomes: list[Any], store: Path) -> None:
+    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for o in outcomes:
+        groups[(o.spec.backbone, o.spec.task)].append(o)
+    table = Table(title=f"results (store: {store})")
+    for col in ("backbone", "task", "metric", "mean", "std", "n", "trainable (method)", "+ head", "run ids"):
+        table.add_column(
+            col, justify="right" if col in ("mean", "std", "n", "trainable (method)", "+ head") else "left"
+        )
+    per_backbone: dict[str, list[float]] = defaultdict(list)
+    for (backbone, task), items in groups.items():
+        metric = items[0].result.get("metric", "accuracy")
+        values = [o.metrics[metric] for o in items]
+        mean = statistics.fmean(values)
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        params = items[0].result.get("parameters", {})
+        per_backbone[backbone].append(mean)
+        table.add_row(
+            backbone,
+            task,
+            metric,
+            f"{mean:.2f}",
+            f"{std:.2f}",
+            str(len(values)),
+            f"{params.get('method', 0):,}",
+            f"{params.get('with_head', 0):,}",
+            " ".join(o.spec.run_id[:8] for o in items),
+        )
+    for backbone, means in per_backbone.items():
+        table.add_row(
+            backbone, "[b]average[/]", "", f"[b]{statistics.fmean(means):.2f}[/]", "", "", "", "", ""
+        )
+    out.print(table)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from petlbench.methods.registry import method_entries
+
+    table = Table(title="methods")
+    for col in ("name", "family", "towers", "backbones", "paper", "source"):
+        table.add_column(col)
+    for entry in method_entries().values():
+        try:
+            cls = entry.load()
+            row = [
+                cls.family,
+                ",".join(cls.towers) or "-",
+                ",".join(cls.backbone_kinds or ("any",)),
+                cls.paper,
+            ]
+        except UserError as err:
+            row = ["?", "?", "?", f"[red]broken: {err}[/]"]
+        source = f"plugin ({entry.distribution})" if entry.plugin else "built-in"
+        table.add_row(entry.name, *row, source)
+    out.print(table)
+    return 0
+
+
+def cmd_suites(args: argparse.Namespace) -> int:
+    from petlbench.benchmarks.suites import list_suites, load_suite
+
+    table = Table(title="suites")
+    for col in ("name", "version", "tasks", "backbones", "seeds", "needs data", "description"):
+        table.add_column(col)
+    for name in list_suites():
+        s = load_suite(name)
+        table.add_row(
+            s.name,
+            str(s.version),
+            str(len(s.tasks)),
+            ",".join(s.backbones),
+            ",".join(map(str, s.seeds)),
+            "yes" if s.needs_data_root else "no",
+            s.description,
+        )
+    out.print(table)
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from petlbench.backbones.registry import list_backbones
+
+    table = Table(title="backbones")
+    for col in ("name", "kind", "description", "source"):
+        table.add_column(col)
+    for e in list_backbones():
+        table.add_row(e.name, e.kind, e.description, e.source)
+    out.print(table)
+    return 0
+
+
+def _open_store(path: Path) -> Any:
+    from .store import Store
+
+    if not path.exists():
+        raise UserError(f"no results store at {path}; run `bench run ...` first or pass --store")
+    return Store(path)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = _open_store(args.store)
+    rec = store.resolve(args.run)
+    out.print_json(
+        json.dumps(
+            {
+                "run_id": rec.run_id,
+                "status": rec.status,
+                "spec": rec.spec.to_dict(),
+                "metrics": rec.metrics,
+                "result": rec.result,
+                "provenance": rec.provenance,
+                "error": rec.error,
+                "wall_time_s": rec.wall_time_s,
+            },
+            default=str,
+        )
+    )
+    return 0
+
+
+def cmd_robust(args: argparse.Namespace) -> int:
+    from petlbench.benchmarks.suites import load_suite
+
+    from .runner import Runner
+
+    store = _open_store(args.store)
+    record = store.resolve(args.run)
+    suite = load_suite(args.suite or record.spec.suite)
+    runner = Runner(
+        store,
+        suite,
+        data_root=args.data_root,
+        device=args.device,
+        checkpoint_dir=args.store.parent / "checkpoints",
+    )
+    with console.status(f"FGSM on run {record.run_id}"):
+        measured = runner.remeasure_robustness(record.run_id, _epsilons(args.fgsm_eps), args.fgsm_examples)
+    table = Table(title=f"FGSM robustness of {record.run_id} ({record.method} on {record.task})")
+    for col in ("epsilon", "epsilon x 255", "accuracy", "drop", "max |delta|"):
+        table.add_column(col, justify="right")
+    table.add_row("0 (clean)", "0", f"{measured['clean']:.2f}", "", "")
+    for eps, acc, drop, norm in zip(
+        measured["eps"], measured["accuracy"], measured["drop"], measured["max_perturbation"], strict=True
+    ):
+        table.add_row(f"{eps:.5f}", f"{eps * 255:.1f}", f"{acc:.2f}", f"{drop:.2f}", f"{norm:.5f}")
+    out.print(table)
+    store.close()
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    store = _open_store(args.store)
+    table = Table(title=f"runs in {args.store}")
+    for col in ("run id", "status", "method", "backbone", "suite", "task", "seed", "metric"):
+        table.add_column(col)
+    for rec in store.records(method=args.method, suite=args.suite):
+        metric = (rec.result or {}).get("metric", "accuracy")
+        value = (rec.metrics or {}).get(metric)
+        table.add_row(
+            rec.run_id[:12],
+            rec.status,
+            rec.method,
+            rec.backbone,
+            rec.suite,
+            rec.task,
+            str(rec.seed),
+            f"{value:.2f}" if isinstance(value, float) else "-",
+        )
+    out.print(table)
+    return 0

@@ -1,0 +1,83 @@
+"""What produced a result: package versions, git commit (+ dirty flag), hardware, and whatever the
+caller adds (suite version and hash, data hashes, device)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PACKAGES = (
+    "petlbench",
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "timm",
+    "fvcore",
+    "adversarial-robustness-toolbox",
+    "numpy",
+    "scikit-learn",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@lru_cache(maxsize=1)
+def git_state() -> dict[str, Any]:
+    """Commit and dirty flag of the checkout petlbench is imported from (None outside git)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status)}
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def collect_provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "packages": package_versions(),
+        "git": git_state(),
+        "hardware": hardware(),
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }

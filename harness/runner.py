@@ -1,0 +1,495 @@
+"""Plan and execute runs: one RunSpec -> a trained, evaluated model -> one finished row in the store.
+
+A finished spec is never run twice (its hash is its identity). A run that dies leaves its row as
+``running`` and a per-epoch checkpoint next to the store; executing the spec again resumes there.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from petlbench.backbones.base import Backbone
+from petlbench.backbones.classifier import ImageClassifier
+from petlbench.backbones.heads import LinearHead, TextClassifierHead
+from petlbench.backbones.registry import backbone_entries, build_backbone
+from petlbench.benchmarks.data import TaskData, TensorImageDataset
+from petlbench.benchmarks.datasets import load_task
+from petlbench.benchmarks.fewshot import sample_few_shot
+from petlbench.benchmarks.metrics import get_metric
+from petlbench.benchmarks.suites import Protocol, Suite, TaskSpec
+from petlbench.errors import UserError
+from petlbench.methods.base import Method, StageContext
+from petlbench.methods.registry import get_method
+
+from .data import materialize, subset, to_pixels
+from .flops import image_gmacs, text_gmacs_per_prompt
+from .provenance import collect_provenance
+from .robustness import DEFAULT_EPSILONS, fgsm
+from .spec import RunSpec
+from .store import Store
+from .trainer import TrainConfig, Trainer, image_features, predict
+
+
+@dataclass
+class RunOutcome:
+    spec: RunSpec
+    skipped: bool
+    metrics: dict[str, Any]
+    result: dict[str, Any]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def plan_runs(
+    method: str,
+    suite: Suite,
+    *,
+    backbones: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    method_config: dict[str, Any] | None = None,
+    protocol_overrides: dict[str, Any] | None = None,
+    pretrained: bool = True,
+    measure: dict[str, Any] | None = None,
+) -> tuple[list[RunSpec], list[str]]:
+    """Expand method x backbones x tasks x seeds into specs. Returns (specs, notes on skipped pairings).
+
+    Backbones the user names must fit the method (a clear error otherwise); of the suite's default
+    backbones, the ones that do not fit are skipped with a note.
+    """
+    method_cls = get_method(method)
+    config = method_cls(method_config or {}).config_dict()
+    entries = backbone_entries()
+    explicit = backbones is not None
+    names = list(backbones) if explicit else list(suite.backbones)
+    notes: list[str] = []
+    chosen: list[str] = []
+    for name in names:
+        if name not in entries:
+            raise UserError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(entries))}")
+        kind = entries[name].kind
+        towers = ("image", "text") if kind == "clip" else ("image",)
+        try:
+            method_cls.check_compatible(name, kind, towers)
+        except UserError as err:
+            if explicit:
+                raise
+            notes.append(f"skipped {name}: {err}")
+            continue
+        chosen.append(name)
+    if not chosen:
+        raise UserError(
+            f"method {method!r} fits none of the backbones {', '.join(names)}: " + "; ".join(notes)
+        )
+    task_specs = [suite.task(t) for t in tasks] if tasks else list(suite.tasks)
+    seed_list = list(seeds) if seeds else list(suite.seeds)
+    specs = []
+    for backbone in chosen:
+        for task in task_specs:
+            protocol = suite.protocol_for(task, method, **(protocol_overrides or {}))
+            proto = protocol.to_dict() | {"backbone_pretrained": bool(pretrained)}
+            for seed in seed_list:
+                specs.append(
+                    RunSpec(
+                        method=method,
+                        method_config=config,
+                        backbone=backbone,
+                        suite=suite.name,
+                        suite_version=str(suite.version),
+                        task=task.name,
+                        protocol=proto,
+                        seed=int(seed),
+                        measure=dict(measure or {}),
+                    )
+                )
+    return specs, notes
+
+
+def make_head(method: Method, backbone: Backbone, data: TaskData, task: TaskSpec) -> torch.nn.Module:
+    class_names = list(task.class_names) if task.class_names else data.class_names
+    custom = method.make_head(backbone, class_names, list(task.templates))
+    if custom is not None:
+        return custom
+    kind = method.head
+    if kind == "auto":
+        kind = "text" if backbone.kind == "clip" else "linear"
+    if kind == "text":
+        return TextClassifierHead(backbone, class_names, list(task.templates))
+    return LinearHead(backbone.feature_dim, len(class_names))
+
+
+def count_parameters(method: Method, head: torch.nn.Module, backbone: Backbone) -> dict[str, Any]:
+    """Trainable parameters the method owns, with and without the head, and percentages with the
+    denominator named (DESIGN section 4)."""
+    head_params = sum(p.numel() for p in head.parameters() if p.requires_grad)
+    own = method.num_trainable_parameters()
+    total = backbone.num_parameters()
+    out: dict[str, Any] = {
+        "method": own,
+        "head": head_params,
+        "with_head": own + head_params,
+        "backbone_total": total,
+        "percent_of_backbone": 100.0 * own / total,
+        "denominator": "all backbone parameters",
+    }
+    if backbone.kind == "clip":
+        no_emb = backbone.num_parameters(exclude=["towers.text.token_embedding"])
+        out["backbone_without_token_embedding"] = no_emb
+        out["percent_of_backbone_without_token_embedding"] = 100.0 * own / no_emb
+    return out
+
+
+def measure_cost(backbone: Backbone, method: Method, head: torch.nn.Module) -> dict[str, Any]:
+    """GMACs per image (fvcore convention, see harness/flops.py), and the text tower's cost per
+    class prompt with how the method really runs it (once and cached, or per image)."""
+    cost: dict[str, Any] = {"unit": "GMACs", "image_size": backbone.image_size}
+    cost["image_gmacs"] = image_gmacs(backbone, method)
+    if backbone.kind == "clip":
+        per_prompt = text_gmacs_per_prompt(backbone, method, head)
+        prompts = int(getattr(head, "token_ids", torch.empty(0)).shape[0]) or None
+        cost["text_gmacs_per_prompt"] = per_prompt
+        cost["text_prompts"] = prompts
+        if method.needs_text_encoder_per_image:
+            cost["text_runs"] = "per image"
+        elif backbone.tower("text").has_trainable_parameters():
+            cost["text_runs"] = "per step in training, once at inference"
+        else:
+            cost["text_runs"] = "once (cached)"
+    return cost
+
+
+def protocol_of(spec: RunSpec) -> Protocol:
+    return Protocol(**{k: v for k, v in spec.protocol.items() if k != "backbone_pretrained"})
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(device)
+
+
+class Runner:
+    def __init__(
+        self,
+        store: Store,
+        suite: Suite,
+        *,
+        data_root: Path | None = None,
+        device: str = "auto",
+        checkpoint_dir: Path | None = None,
+        progress: Any = None,
+    ) -> None:
+        self.store = store
+        self.suite = suite
+        self.data_root = data_root
+        self.device = _resolve_device(device)
+        self.checkpoint_dir = checkpoint_dir
+        self.progress = progress
+        self._task_cache: dict[str, TaskData] = {}
+
+    def _task_data(self, task: TaskSpec) -> TaskData:
+        if task.name not in self._task_cache:
+            try:
+                self._task_cache[task.name] = load_task(task, self.data_root)
+            except UserError as err:
+                raise UserError(f"suite {self.suite.name!r}, task {task.name!r}: {err}") from None
+        return self._task_cache[task.name]
+
+    def run(self, spec: RunSpec, on_step: Callable[[int, int, float], None] | None = None) -> RunOutcome:
+        run_id = spec.run_id
+        record = self.store.get(run_id)
+        if record is not None and record.status == "finished":
+            return RunOutcome(spec, True, record.metrics, record.result)
+        task = self.suite.task(spec.task)
+        data = self._task_data(task)
+        provenance = collect_provenance(
+            {
+                "suite_version": self.suite.version,
+                "suite_sha256": self.suite.sha256,
+                "data": data.meta,
+                "device": str(self.device),
+            }
+        )
+        self.store.mark_running(spec, provenance)
+        started = time.perf_counter()
+        try:
+            metrics, result = self._execute(spec, task, data, on_step)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            self.store.mark_failed(run_id, f"{exc.__class__.__name__}: {exc}")
+            raise
+        wall = time.perf_counter() - started
+        self.store.mark_finished(run_id, metrics, result, wall, provenance)
+        if self.checkpoint_dir is not None:
+            shutil.rmtree(self.checkpoint_dir / run_id, ignore_errors=True)
+        return RunOutcome(spec, False, metrics, result)
+
+    def _execute(
+        self,
+        spec: RunSpec,
+        task: TaskSpec,
+        data: TaskData,
+        on_step: Callable[[int, int, float], None] | None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        protocol = protocol_of(spec)
+        model = self.build_model(spec, task, data)
+        backbone, method, head = model.backbone, model.method, model.head
+        method_cls = type(method)
+
+        size, interp = backbone.image_size, backbone.interpolation
+        train = materialize(data.split(protocol.train_split), size, interp)
+        if protocol.shots:
+            train = subset(train, sample_few_shot(train.labels.tolist(), protocol.shots, spec.seed))
+        selection = materialize(data.split(protocol.selection_split), size, interp)
+        final = materialize(data.split(protocol.eval_split), size, interp)
+        metric = get_metric(task.metric)
+        num_classes = len(task.class_names or data.class_names)
+        cache = not backbone.tower("image").has_trainable_parameters()
+        cached: dict[int, torch.Tensor] = {}
+
+        def score(split: TensorImageDataset) -> float:
+            feats = None
+            if cache:
+                if id(split) not in cached:
+                    cached[id(split)] = image_features(model, split, self.device, protocol.eval_batch_size)
+                feats = cached[id(split)]
+            preds = predict(model, split, self.device, protocol.eval_batch_size, features=feats)
+            return float(metric(preds, split.labels, num_classes))
+
+        selection_key = f"selection_{task.metric}"
+        result: dict[str, Any] = {}
+        if method_cls.trains:
+            result.update(
+                self._train_stages(
+                    spec,
+                    protocol,
+                    model,
+                    method,
+                    train,
+                    on_step,
+                    lambda: {selection_key: score(selection)},
+                    cache,
+                )
+            )
+        t0 = time.perf_counter()
+        final_score = score(final)
+        eval_time = time.perf_counter() - t0
+        metrics = {task.metric: final_score, selection_key: score(selection)}
+        result["parameters"] = count_parameters(method, head, backbone)
+        result["eval"] = {
+            "split": protocol.eval_split,
+            "examples": len(final),
+            "images_per_second": len(final) / max(1e-9, eval_time),
+            "feature_cache": cache,
+        }
+        result["cost"] = measure_cost(backbone, method, head)
+        if "fgsm" in spec.measure:
+            result["robustness"] = {"fgsm": self._fgsm(spec, model, final, num_classes)}
+        self._save_artifact(spec, model)
+        result["method"] = method.describe()
+        result["metric"] = task.metric
+        return metrics, result
+
+    def build_model(self, spec: RunSpec, task: TaskSpec, data: TaskData) -> ImageClassifier:
+        """Backbone + method (attached, freshly initialised under the run's seed) + head, on device."""
+        seed_everything(spec.seed)
+        backbone = build_backbone(spec.backbone, pretrained=spec.protocol.get("backbone_pretrained", True))
+        method_cls = get_method(spec.method)
+        method = method_cls(spec.method_config)
+        method_cls.check_compatible(backbone.name, backbone.kind, backbone.tower_names)
+        method.attach(backbone)
+        head = make_head(method, backbone, data, task)
+        return ImageClassifier(backbone, head, method).to(self.device)
+
+    def _fgsm(self, spec: RunSpec, model: ImageClassifier, data: TensorImageDataset, classes: int) -> dict:
+        opts = spec.measure["fgsm"]
+        return fgsm(
+            model,
+            data,
+            classes,
+            epsilons=opts.get("epsilons", DEFAULT_EPSILONS),
+            device=self.device,
+            max_examples=opts.get("max_examples"),
+        )
+
+    def artifact_path(self, run_id: str) -> Path | None:
+        if self.checkpoint_dir is None:
+            return None
+        return self.checkpoint_dir.parent / "artifacts" / f"{run_id}.safetensors"
+
+    def _save_artifact(self, spec: RunSpec, model: ImageClassifier) -> None:
+        """The trained method and head (safetensors), so a stored run can be re-measured later."""
+        path = self.artifact_path(spec.run_id)
+        if path is None:
+            return
+        from safetensors.torch import save_file
+
+        assert model.method is not None
+        tensors = {f"method.{k}": v.contiguous().cpu() for k, v in model.method.method_state().items()}
+        tensors.update(
+            {f"head.{k}": v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"run_id": spec.run_id, "spec": spec.canonical_json()})
+        tmp.replace(path)
+
+    def remeasure_robustness(
+        self, run_id: str, epsilons: Sequence[float] | None = None, max_examples: int | None = None
+    ) -> dict[str, Any]:
+        """`bench robust RUN`: rebuild a stored run's trained model and measure FGSM again."""
+        record = self.store.resolve(run_id)
+        if record.status != "finished":
+            raise UserError(f"run {record.run_id} is {record.status}; only finished runs can be re-measured")
+        path = self.artifact_path(record.run_id)
+        if path is None or not path.exists():
+            raise UserError(
+                f"no saved model for run {record.run_id} (expected {path}); run it again to re-create it"
+            )
+        from safetensors.torch import load_file
+
+        spec = record.spec
+        task = self.suite.task(spec.task)
+        data = self._task_data(task)
+        model = self.build_model(spec, task, data)
+        tensors = load_file(str(path), device=str(self.device))
+        assert model.method is not None
+        model.method.load_method_state({k[7:]: v for k, v in tensors.items() if k.startswith("method.")})
+        model.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+        protocol = protocol_of(spec)
+        final = materialize(
+            data.split(protocol.eval_split), model.backbone.image_size, model.backbone.interpolation
+        )
+        classes = len(task.class_names or data.class_names)
+        measured = fgsm(
+            model,
+            final,
+            classes,
+            epsilons=epsilons or DEFAULT_EPSILONS,
+            device=self.device,
+            max_examples=max_examples,
+        )
+        result = dict(record.result)
+        result["robustness"] = {"fgsm": measured}
+        self.store.update_result(record.run_id, result)
+        return measured
+
+    def _train_stages(
+        self,
+        spec: RunSpec,
+        protocol: Protocol,
+        model: ImageClassifier,
+        method: Method,
+        train: TensorImageDataset,
+        on_step: Callable[[int, int, float], None] | None,
+        evaluate: Callable[[], dict[str, float]],
+        cache: bool,
+    ) -> dict[str, Any]:
+        """Run the method's stages in order. A finished stage leaves its state on disk, so a crash
+        resumes in the stage it was in; within a stage the trainer resumes from its last epoch."""
+        run_dir = self.checkpoint_dir / spec.run_id if self.checkpoint_dir is not None else None
+        stage_results: dict[str, dict[str, Any]] = {}
+        history: list[dict[str, Any]] = []
+        train_info: dict[str, Any] = {
+            "train_examples": len(train),
+            "device": str(self.device),
+            "feature_cache": cache,
+            "train_time_s": 0.0,
+            "images": 0,
+            "resumed_from_epoch": None,
+        }
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for start in range(0, len(train), protocol.batch_size):
+                yield (
+                    to_pixels(train.images[start : start + protocol.batch_size], self.device),
+                    train.labels[start : start + protocol.batch_size].to(self.device),
+                )
+
+        for index, stage in enumerate(method.stages()):
+            done = run_dir / f"stage{index}-{stage.name}.done.pt" if run_dir is not None else None
+            if done is not None and done.exists():
+                state = torch.load(done, map_location=self.device, weights_only=False)
+                method.load_method_state(state["method"])
+                model.head.load_state_dict(state["head"])
+                stage_results[stage.name] = state["result"]
+                history.extend(state["history"])
+                continue
+            if stage.prepare is not None:
+                stage.prepare(
+                    StageContext(model, method, self.device, spec.seed, batches, dict(stage_results))
+                )
+            stage_history: list[dict[str, Any]] = []
+            if stage.train:
+                trainer = Trainer(
+                    model,
+                    method,
+                    TrainConfig(
+                        epochs=stage.epochs or protocol.epochs,
+                        batch_size=protocol.batch_size,
+                        optimizer=protocol.optimizer,
+                        lr=protocol.lr,
+                        weight_decay=protocol.weight_decay,
+                        momentum=protocol.momentum,
+                        warmup_epochs=protocol.warmup_epochs,
+                        grad_clip=protocol.grad_clip,
+                        eval_batch_size=protocol.eval_batch_size,
+                        seed=spec.seed + 7919 * index,
+                    ),
+                    device=self.device,
+                    checkpoint_path=run_dir / f"stage{index}-{stage.name}.pt"
+                    if run_dir is not None
+                    else None,
+                    callbacks=method.callbacks(),
+                    progress=on_step,
+                    cache_features=cache,
+                )
+                trained = trainer.fit(train, evaluate=evaluate)
+                stage_history = [{"stage": stage.name, **h} for h in trained.history]
+                train_info["train_time_s"] += trained.train_time_s
+                train_info["images"] += trained.train_images
+                if trained.resumed_from_epoch is not None:
+                    train_info["resumed_from_epoch"] = {
+                        "stage": stage.name,
+                        "epoch": trained.resumed_from_epoch,
+                    }
+            stage_result = {
+                "stage": stage.name,
+                **evaluate(),
+                "trainable_parameters": method.num_trainable_parameters(),
+            }
+            stage_results[stage.name] = stage_result
+            history.extend(stage_history)
+            if done is not None:
+                done.parent.mkdir(parents=True, exist_ok=True)
+                tmp = done.with_suffix(".tmp")
+                torch.save(
+                    {
+                        "method": method.method_state(),
+                        "head": model.head.state_dict(),
+                        "result": stage_result,
+                        "history": stage_history,
+                    },
+                    tmp,
+                )
+                tmp.replace(done)
+        train_info["images_per_second"] = (
+            train_info["images"] / train_info["train_time_s"] if train_info["train_time_s"] > 0 else None
+        )
+        return {"history": history, "stages": list(stage_results.values()), "train": train_info}

@@ -1,0 +1,273 @@
+"""The training loop: SGD/AdamW, per-step warmup + cosine, AMP on GPU, clipping, callbacks, and a
+per-epoch checkpoint of the trainable state only, so a killed run resumes where it died.
+
+Resume is exact: each epoch's shuffling and dropout draw from generators seeded by (seed, epoch),
+so an epoch replayed after a crash sees the same batches and noise as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from petlbench.backbones.classifier import ImageClassifier
+from petlbench.benchmarks.data import TensorImageDataset
+from petlbench.methods.base import Callback, Method
+
+from .data import to_pixels
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    warmup_epochs: float = 0.0
+    grad_clip: float | None = None
+    eval_batch_size: int = 256
+    seed: int = 0
+
+
+@dataclass
+class TrainContext:
+    """What callbacks see."""
+
+    model: ImageClassifier
+    method: Method
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0
+    step: int = 0  # global optimisation step, counted from 0
+    steps_per_epoch: int = 0
+    loss: float = float("nan")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_time_s: float = 0.0
+    train_images: int = 0
+    resumed_from_epoch: int | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.train_images / self.train_time_s if self.train_time_s > 0 else float("nan")
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the base lr: linear warmup from 0, then a half cosine to 0 (per step)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: ImageClassifier,
+        method: Method,
+        cfg: TrainConfig,
+        *,
+        device: torch.device,
+        checkpoint_path: Path | None = None,
+        callbacks: list[Callback] | None = None,
+        progress: Callable[[int, int, float], None] | None = None,
+        cache_features: bool = False,
+    ) -> None:
+        self.model = model
+        self.method = method
+        self.cfg = cfg
+        self.device = device
+        self.checkpoint_path = checkpoint_path
+        self.callbacks = list(callbacks or [])
+        self.progress = progress
+        self.params = list(method.trainable_parameters()) + [
+            p for p in model.head.parameters() if p.requires_grad
+        ]
+        self.amp = device.type == "cuda"
+        # When the image tower carries no trainable parameter its features cannot change: compute
+        # them once and train the head on them (DESIGN section 8).
+        self.cache_features = cache_features
+
+    # ----- checkpoint ---------------------------------------------------------------------------
+    def _save(self, epoch: int, ctx: TrainContext, sched: Any, result: TrainResult) -> None:
+        if self.checkpoint_path is None:
+            return
+        state = {
+            "epoch": epoch,
+            "step": ctx.step,
+            "method": self.method.method_state(),
+            "head": {k: v.detach().clone() for k, v in self.model.head.state_dict().items()},
+            "optimizer": ctx.optimizer.state_dict(),
+            "scheduler": sched.state_dict(),
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "history": result.history,
+            "train_time_s": result.train_time_s,
+            "train_images": result.train_images,
+        }
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)  # atomic: a kill leaves the old or the new file, never half
+
+    def _load(self, ctx: TrainContext, sched: Any, result: TrainResult) -> int:
+        if self.checkpoint_path is None or not self.checkpoint_path.exists():
+            return 0
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        self.method.load_method_state(state["method"])
+        self.model.head.load_state_dict(state["head"])
+        ctx.optimizer.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=True):
+            cb.load_state_dict(cb_state)
+        ctx.step = state["step"]
+        result.history = state["history"]
+        result.train_time_s = state["train_time_s"]
+        result.train_images = state["train_images"]
+        result.resumed_from_epoch = state["epoch"] + 1
+        return state["epoch"] + 1
+
+    # ----- loop ---------------------------------------------------------------------------------
+    def fit(
+        self,
+        train: TensorImageDataset,
+        evaluate: Callable[[], dict[str, float]] | None = None,
+    ) -> TrainResult:
+        cfg = self.cfg
+        n = len(train)
+        if n == 0:
+            raise ValueError("empty training set")
+        batch = min(cfg.batch_size, n)
+        steps_per_epoch = n // batch  # drop_last: every step sees a full batch (as Dassl when n >= batch)
+        total_steps = steps_per_epoch * cfg.epochs
+        warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+        self.model.to(self.device)  # before the optimizer, so restored optimizer state lands on device
+        optimizer = build_optimizer(self.params, cfg)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps)
+        )
+        ctx = TrainContext(self.model, self.method, optimizer, steps_per_epoch=steps_per_epoch)
+        if self.cache_features:
+            cached = image_features(self.model, train, self.device, cfg.eval_batch_size)
+
+            def forward(idx: torch.Tensor) -> torch.Tensor:
+                return self.model.head(cached[idx.to(cached.device)])
+        else:
+
+            def forward(idx: torch.Tensor) -> torch.Tensor:
+                return self.model(to_pixels(train.images[idx], self.device))
+
+        result = TrainResult()
+        start_epoch = self._load(ctx, sched, result)
+        for cb in self.callbacks:
+            cb.on_train_start(ctx)
+
+        for epoch in range(start_epoch, cfg.epochs):
+            ctx.epoch = epoch
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout noise of this epoch
+            gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+            order = torch.randperm(n, generator=gen)
+            self.model.train()
+            t0 = time.perf_counter()
+            loss_sum = 0.0
+            for i in range(steps_per_epoch):
+                idx = order[i * batch : (i + 1) * batch]
+                labels = train.labels[idx].to(self.device)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    logits = forward(idx)
+                    loss = F.cross_entropy(logits.float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                ctx.loss = float(loss.detach())
+                for cb in self.callbacks:
+                    cb.after_backward(ctx)
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                optimizer.step()
+                sched.step()
+                ctx.step += 1
+                loss_sum += ctx.loss
+                for cb in self.callbacks:
+                    cb.on_step_end(ctx)
+                if self.progress is not None:
+                    self.progress(ctx.step, total_steps, ctx.loss)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            result.train_time_s += time.perf_counter() - t0
+            result.train_images += steps_per_epoch * batch
+            for cb in self.callbacks:
+                cb.on_epoch_end(ctx)
+            entry = {
+                "epoch": epoch,
+                "loss": loss_sum / max(1, steps_per_epoch),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            if evaluate is not None:
+                entry.update(evaluate())
+            result.history.append(entry)
+            self._save(epoch, ctx, sched, result)
+        return result
+
+
+@torch.no_grad()
+def image_features(
+    model: ImageClassifier, data: TensorImageDataset, device: torch.device, batch_size: int
+) -> torch.Tensor:
+    """Image features of every example, in float32 on ``device`` (eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    feats = []
+    for start in range(0, len(data), batch_size):
+        pixels = to_pixels(data.images[start : start + batch_size], device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            feats.append(model.features(pixels).float())
+    model.train(was_training)
+    return torch.cat(feats)
+
+
+@torch.no_grad()
+def predict(
+    model: ImageClassifier,
+    data: TensorImageDataset,
+    device: torch.device,
+    batch_size: int,
+    features: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Predicted labels for every example (eval mode, no grad, bf16 autocast on GPU). With
+    ``features`` (cached image features of ``data``) only the head runs."""
+    was_training = model.training
+    model.eval()
+    preds = []
+    for start in range(0, len(data), batch_size):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            if features is not None:
+                logits = model.head(features[start : start + batch_size])
+            else:
+                logits = model(to_pixels(data.images[start : start + batch_size], device))
+        preds.append(logits.argmax(dim=-1).cpu())
+    model.train(was_training)
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)

@@ -1,0 +1,217 @@
+"""The method interface every tuning method implements (DESIGN section 4).
+
+A method owns its parameters (it is an ``nn.Module``), fills the backbone's slots in
+:meth:`Method.attach` and never modifies a backbone weight (full fine-tuning is the one declared
+exception). Everything a harness needs to refuse an impossible pairing or to cache frozen work is
+declared as class attributes.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from petlbench.backbones.base import Backbone
+from petlbench.errors import UserError
+
+
+@dataclass
+class StageContext:
+    """What a stage's ``prepare`` hook may use (e.g. E²VPT's importance pass before pruning)."""
+
+    model: nn.Module  # the ImageClassifier: pixels in [0, 1] -> logits
+    method: Method
+    device: torch.device
+    seed: int
+    batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # one pass: (pixels, labels) on device
+    previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # results of finished stages by name
+
+
+@dataclass
+class Stage:
+    """One phase of a method's training (E²VPT: train -> prune -> rewind).
+
+    The harness runs a method's stages in order within one run. Before a stage trains, ``prepare``
+    runs (prune, re-initialise, freeze masks...). Each finished stage's state and metrics are kept,
+    so a crash resumes in the stage it was in. ``prepare`` must be deterministic given the state
+    the previous stage left (it is re-run when a stage resumes).
+    """
+
+    name: str
+    description: str = ""
+    train: bool = True  # False: only ``prepare`` runs (and the model is evaluated)
+    epochs: int | None = None  # None: the protocol's epochs
+    prepare: Callable[[StageContext], None] | None = None
+
+
+class Callback:
+    """Per-step hooks the trainer calls; state is checkpointed with the method for resume."""
+
+    def on_train_start(self, ctx: Any) -> None: ...
+    def after_backward(self, ctx: Any) -> None: ...
+    def on_step_end(self, ctx: Any) -> None: ...
+    def on_epoch_end(self, ctx: Any) -> None: ...
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class EmptyConfig:
+    """Methods without options."""
+
+
+class Method(nn.Module, abc.ABC):
+    name: ClassVar[str]
+    family: ClassVar[str] = "other"  # baseline | prompt | adapter | reparameterization | selective
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type] = EmptyConfig
+    towers: ClassVar[tuple[str, ...]] = ("image",)  # towers the method may modify
+    backbone_kinds: ClassVar[tuple[str, ...] | None] = None  # None: any kind with the towers above
+    head: ClassVar[str] = "auto"  # auto (text head on CLIP, linear elsewhere) | linear | text
+    trains: ClassVar[bool] = True
+    needs_text_encoder_per_image: ClassVar[bool] = False
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__()
+        if config is None:
+            config = self.Config()
+        elif isinstance(config, dict):
+            config = self.config_from_dict(config)
+        elif not isinstance(config, self.Config):
+            raise TypeError(f"{self.name}: config must be a {self.Config.__name__}")
+        self.config = config
+        self.validate_config()
+
+    # ----- configuration -------------------------------------------------------------------
+    @classmethod
+    def config_from_dict(cls, values: dict[str, Any]) -> Any:
+        """Build the config from JSON-ish values; unknown keys and wrong types are user errors."""
+        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            known = ", ".join(fields) or "(none)"
+            raise UserError(f"method {cls.name!r} has no option {', '.join(unknown)}; options: {known}")
+        hints = typing.get_type_hints(cls.Config)
+        out = {}
+        for key, value in values.items():
+            out[key] = _coerce(cls.name, key, value, hints.get(key))
+        return cls.Config(**out)
+
+    def validate_config(self) -> None:
+        """Raise UserError for inconsistent options."""
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    # ----- pairing ----------------------------------------------------------------------------
+    @classmethod
+    def check_compatible(cls, backbone_name: str, kind: str, towers: tuple[str, ...]) -> None:
+        if cls.backbone_kinds is not None and kind not in cls.backbone_kinds:
+            raise UserError(
+                f"method {cls.name!r} needs a {' or '.join(cls.backbone_kinds)} backbone; "
+                f"{backbone_name!r} is a {kind} backbone"
+            )
+        needed = cls.required_towers()
+        missing = [t for t in needed if t not in towers]
+        if missing:
+            raise UserError(
+                f"method {cls.name!r} needs tower(s) {', '.join(missing)}, which backbone {backbone_name!r} "
+                f"does not have (it has {', '.join(towers)})"
+            )
+        if cls.head == "text" and "text" not in towers:
+            raise UserError(
+                f"method {cls.name!r} classifies with a text head; {backbone_name!r} has no text tower"
+            )
+
+    @classmethod
+    def required_towers(cls) -> tuple[str, ...]:
+        return cls.towers
+
+    # ----- lifecycle --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def attach(self, backbone: Backbone) -> None:
+        """Create parameters and fill the backbone's slots. Must not change a backbone weight."""
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def num_trainable_parameters(self) -> int:
+        """Active trainable parameters the method owns (pruning-aware methods override)."""
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    def make_head(self, backbone: Backbone, class_names: list[str], templates: list[str]) -> nn.Module | None:
+        """A method-specific head (CoOp's learned prompts, CoCoOp's conditional prompts); None: the
+        standard head for ``head`` (text head on CLIP, linear head otherwise). A head maps image
+        features (B, D) to logits (B, C); the harness may feed it cached features when the image
+        tower carries no trainable parameter."""
+        return None
+
+    def callbacks(self) -> list[Callback]:
+        return []
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train")]
+
+    def method_state(self) -> dict[str, torch.Tensor]:
+        """Method parameters and buffers only (what a checkpoint holds)."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def load_method_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state)
+
+    def describe(self) -> dict[str, Any]:
+        """Extra facts recorded with the result (e.g. final per-layer context lengths)."""
+        return {}
+
+
+_FALSE_TRUE = {"false": False, "0": False, "no": False, "true": True, "1": True, "yes": True}
+
+
+def _coerce(method: str, key: str, value: Any, hint: Any) -> Any:
+    """Coerce a config value (possibly a CLI string) to the field's type, or raise a UserError."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    types_ = (
+        [a for a in args if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType)
+        else [hint]
+    )
+    if value is None or (optional and isinstance(value, str) and value.lower() == "none"):
+        if optional:
+            return None
+    else:
+        for typ in types_:
+            origin = typing.get_origin(typ)
+            if typ is bool:
+                if isinstance(value, bool):
+                    return value
+                if isinstance(value, str) and value.lower() in _FALSE_TRUE:
+                    return _FALSE_TRUE[value.lower()]
+            elif typ in (int, float) and not isinstance(value, bool):
+                try:
+                    if isinstance(value, str | int) or (typ is float and isinstance(value, float)):
+                        return typ(value)
+                    if typ is int and isinstance(value, float) and value.is_integer():
+                        return int(value)
+                except ValueError:
+                    pass
+            elif typ is str and isinstance(value, str):
+                return value
+            elif origin in (tuple, list) and isinstance(value, list | tuple | str):
+                inner = (typing.get_args(typ) or (str,))[0]
+                items = [v for v in value.split(",") if v] if isinstance(value, str) else list(value)
+                try:
+                    return origin(inner(v) for v in items)
+                except ValueError:
+                    pass
+    raise UserError(f"method {method!r}: option {key}={value!r} is not a valid {hint}")

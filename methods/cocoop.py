@@ -1,0 +1,109 @@
+"""CoCoOp: conditional context optimisation (Zhou et al., CVPR 2022), as KaiyangZhou/CoOp
+implements it (``trainers/cocoop.py``).
+
+CoOp's prompts with an image-conditioned shift: a meta-net ``Linear(D, D // 16) -> ReLU ->
+Linear(D // 16, d)`` maps the L2-normalised image feature to ``pi(x)``, which is added to every
+context vector, so each image gets its own class prompts. Defaults follow the reference config
+(``vit_b16_c4_ep10_batch1_ctxv1``): ``M = 4`` initialised from "a photo of a", class token at the end,
+unified context, PyTorch's default Linear init for the meta-net.
+
+Where the reference loops over the images of a batch and runs the text tower once per image, the
+head here builds all ``B x C`` prompts at once and runs the tower in one call (same numbers, far
+fewer kernel launches); text features cannot be cached because they depend on the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from petlbench.backbones.base import Backbone
+from petlbench.errors import UserError
+
+from .coop import CoOp, PromptHead, build_layout
+
+
+@dataclass
+class CoCoOpConfig:
+    n_ctx: int = 4  # M (ignored when ctx_init is given: M = its token count)
+    ctx_init: str = "a photo of a"
+    template: str = "{}."  # text around the class slot (the reference: "{}.")
+    meta_net_ratio: int = 16  # meta-net hidden width = image feature dim // ratio (vis_dim // 16)
+    init_std: float = 0.02  # random context init when ctx_init is empty
+
+    # CoOp options CoCoOp's reference does not offer, fixed here so the shared code can read them.
+    @property
+    def csc(self) -> bool:
+        return False
+
+    @property
+    def class_token_position(self) -> str:
+        return "end"
+
+
+class CoCoOpHead(PromptHead):
+    """Image features (B, D) -> logits (B, C) against image-conditioned class prompts."""
+
+    def prompts(self, image: torch.Tensor) -> torch.Tensor:
+        """Class prompts (B, C, L, d) for L2-normalised image features ``image`` (B, D)."""
+        shift = self.method.meta_net(image)  # (B, d)
+        ctx = self.method.ctx.unsqueeze(0) + shift.unsqueeze(1)  # (B, M, d)
+        return self.splice(ctx.unsqueeze(1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(features, dim=-1)
+        prompts = self.prompts(image)
+        batch, classes = prompts.shape[:2]
+        text = self.encode(prompts.flatten(0, 1)).view(batch, classes, -1)  # one tower call, B*C prompts
+        scale = self.backbone.logit_scale.exp()
+        return scale * torch.einsum("bd,bcd->bc", image, text.to(image.dtype))
+
+
+class CoCoOp(CoOp):
+    """CoCoOp (see the module docstring). Reference protocol (ViT-B/16, base-to-new, 16 shots):
+    SGD lr 2e-3, momentum 0.9, weight decay 5e-4, batch 1, 10 epochs, cosine, 1 warmup epoch at a
+    constant 1e-5 (``suggested_protocol``)."""
+
+    name = "cocoop"
+    paper = "Zhou et al., Conditional Prompt Learning for Vision-Language Models, CVPR 2022"
+    Config = CoCoOpConfig
+    needs_text_encoder_per_image = True
+    suggested_protocol: ClassVar[dict[str, Any]] = {
+        "optimizer": "sgd",
+        "lr": 2e-3,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "batch_size": 1,
+        "epochs": 10,
+        "shots": 16,
+    }
+
+    def validate_config(self) -> None:
+        super().validate_config()
+        if self.config.meta_net_ratio < 1:
+            raise UserError(f"cocoop: meta_net_ratio must be >= 1, got {self.config.meta_net_ratio}")
+        if self.config.n_ctx < 1 and not self.config.ctx_init.strip():
+            raise UserError("cocoop: needs at least one context token (n_ctx >= 1 or a ctx_init phrase)")
+
+    def attach(self, backbone: Backbone) -> None:
+        super().attach(backbone)
+        vis_dim = backbone.feature_dim
+        hidden = max(1, vis_dim // self.config.meta_net_ratio)
+        self.meta_net = nn.Sequential(
+            nn.Linear(vis_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, self.text_width)
+        )
+
+    def make_head(self, backbone: Backbone, class_names: list[str], templates: list[str]) -> nn.Module:
+        if self._backbone is None:
+            raise RuntimeError("cocoop: attach() before make_head()")
+        layout = build_layout(backbone, class_names, self.n_ctx, "end", self.config.template)
+        return CoCoOpHead(self, backbone, layout.to(self.ctx.device))
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out["meta_net"] = [int(self.meta_net[0].in_features), int(self.meta_net[0].out_features)]
+        return out

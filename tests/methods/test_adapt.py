@@ -1,0 +1,336 @@
+"""Adapt: residual-space K/V prompts with pruning masks; the pruning schedule, counts, resume, plot."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from petlbench.backbones import build_backbone
+from petlbench.backbones.classifier import ImageClassifier
+from petlbench.backbones.heads import LinearHead, TextClassifierHead
+from petlbench.backbones.slots import MaskedTokens
+from petlbench.benchmarks.data import TensorImageDataset
+from petlbench.errors import UserError
+from petlbench.harness.trainer import TrainConfig, Trainer
+from petlbench.methods import get_method
+from petlbench.methods.adapt import Adapt, AdaptConfig, plot_context_lengths
+
+SMALL = {"image_layers": 2, "text_layers": 2, "image_tokens": 4, "text_tokens": 4}  # 16 tokens in all
+
+
+def _tiny_clip(seed=0, **cfg):
+    backbone = build_backbone("tiny-clip")
+    torch.manual_seed(seed)
+    method = Adapt(AdaptConfig(**cfg))
+    method.attach(backbone)
+    return backbone, method
+
+
+def _ctx(step, epoch):
+    return SimpleNamespace(step=step, epoch=epoch)
+
+
+def test_registered_and_declared():
+    cls = get_method("adapt")
+    assert cls is Adapt and cls.family == "prompt" and cls.towers == ("image", "text")
+    assert Adapt.suggested_protocol == {
+        "optimizer": "sgd",
+        "lr": 2.5e-3,
+        "batch_size": 4,
+        "epochs": 100,
+        "shots": 16,
+    }
+    c = AdaptConfig()
+    assert (c.image_layers, c.text_layers, c.image_tokens, c.text_tokens) == (12, 12, 16, 16)
+    assert (c.accumulation_steps, c.prune_rate, c.warmup_epochs, c.target_tokens, c.score) == (
+        80,
+        4,
+        5,
+        128,
+        "snip",
+    )
+
+
+def test_all_masks_zero_equals_backbone_without_prompts():
+    backbone = build_backbone("tiny-clip")
+    pixels, ids = torch.rand(2, 3, 32, 32), backbone.tokenize(["a red circle", "a dog"])
+    image, text = backbone.encode_image(pixels), backbone.encode_text(ids)
+    torch.manual_seed(0)
+    method = Adapt()
+    method.attach(backbone)
+    assert not torch.allclose(backbone.encode_image(pixels), image, atol=1e-3)
+    assert not torch.allclose(backbone.encode_text(ids), text, atol=1e-3)
+    method.mask("image").zero_()
+    method.mask("text").zero_()
+    torch.testing.assert_close(backbone.encode_image(pixels), image, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(backbone.encode_text(ids), text, atol=1e-5, rtol=1e-5)
+    assert method.num_trainable_parameters() == 0
+
+
+def test_pruned_tokens_leave_the_attention(monkeypatch):
+    """A masked model equals one built with only the active tokens, differs from one whose pruned
+    tokens are merely zeroed, and its attention sees only the active keys."""
+    backbone, method = _tiny_clip(**SMALL)
+    pixels, ids = torch.rand(2, 3, 32, 32), backbone.tokenize(["a red circle"])
+    pattern = {"image": [[1, 0, 1, 0], [0, 0, 0, 0]], "text": [[0, 1, 1, 1], [1, 0, 0, 1]]}
+    for branch, rows in pattern.items():
+        method.mask(branch).copy_(torch.tensor(rows, dtype=torch.bool))
+    masked = backbone.encode_image(pixels), backbone.encode_text(ids)
+
+    key_lengths = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def counting_sdpa(q, k, v, *args, **kwargs):
+        key_lengths.append((q.shape[2], k.shape[2]))
+        return real_sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting_sdpa)
+    backbone.encode_image(pixels)
+    backbone.encode_text(ids)
+    monkeypatch.undo()
+    # image: 17 tokens (CLS + 16 patches) + 2 then 0 prompts; text "a red circle": 5 tokens + 3, 2
+    assert key_lengths == [(17, 19), (17, 17), (5, 8), (5, 7)]
+
+    for branch in ("image", "text"):
+        tower, mask = backbone.tower(branch), method.mask(branch)
+        for layer, p in enumerate(method.prompts[branch]):
+            tower.slots[layer].kv_residual = MaskedTokens(p.detach()[mask[layer]].clone())
+    only_active = backbone.encode_image(pixels), backbone.encode_text(ids)
+    for got, want in zip(masked, only_active, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+    for branch in ("image", "text"):
+        tower, mask = backbone.tower(branch), method.mask(branch)
+        for layer, p in enumerate(method.prompts[branch]):
+            tower.slots[layer].kv_residual = MaskedTokens(p.detach() * mask[layer, :, None])
+    zeroed = backbone.encode_image(pixels), backbone.encode_text(ids)
+    assert not torch.allclose(zeroed[0], masked[0], atol=1e-4)
+    assert not torch.allclose(zeroed[1], masked[1], atol=1e-4)
+
+
+def test_parameter_counts_on_clip_b16_unpruned_and_pruned(clip_b16):
+    try:
+        torch.manual_seed(0)
+        method = Adapt()
+        method.attach(clip_b16)
+        assert method.num_trainable_parameters() == 12 * 16 * 768 + 12 * 16 * 512 == 245_760
+        assert method.context_lengths() == {"image": [16] * 12, "text": [16] * 12}
+        image = torch.full((12, 16), 2.0)
+        image[0] = 0.5
+        text = torch.full((12, 16), 3.0)
+        text[:6] = 1.0
+        # lowest first: image layer 0 (0.5), text layers 0-5 (1.0), then image layers 1.. (2.0) in order
+        pruned = method.prune_lowest({"image": image, "text": text}, 10_000)
+        assert len(pruned) == 384 - 128
+        assert pruned[:16] == [("image", 0, t) for t in range(16)]
+        assert pruned[16:112] == [("text", layer, t) for layer in range(6) for t in range(16)]
+        assert method.active_total() == 128
+        assert method.context_lengths() == {"image": [0] * 10 + [16, 16], "text": [0] * 6 + [16] * 6}
+        assert method.num_trainable_parameters() == 32 * 768 + 96 * 512 == 73_728
+        assert method.prune_lowest({"image": image, "text": text}, 4) == []  # never below the target
+    finally:
+        clip_b16.tower("image").clear_slots()
+        clip_b16.tower("text").clear_slots()
+
+
+def test_pruning_schedule_on_hand_built_scores():
+    _, method = _tiny_clip(**SMALL, target_tokens=5, accumulation_steps=3, prune_rate=4, warmup_epochs=1)
+    (pruner,) = method.callbacks()
+    hand = {
+        "image": torch.tensor([[5.0, 1.0, 7.0, 1.0], [3.0, 3.0, 9.0, 0.0]]),
+        "text": torch.tensor([[1.0, 8.0, 8.0, 8.0], [2.0, 6.0, 0.5, 4.0]]),
+    }
+
+    def give(scores):
+        pruner.scores = {b: s.clone() for b, s in scores.items()}
+
+    give(hand)
+    pruner.on_step_end(_ctx(step=3, epoch=0))  # a multiple of n_k, but in the warmup: reset only
+    assert method.active_total() == 16 and pruner.scores is None
+    for step in (4, 5, 7, 8):  # not multiples of n_k: nothing happens, scores are kept
+        give(hand)
+        pruner.on_step_end(_ctx(step=step, epoch=1))
+        assert method.active_total() == 16 and pruner.scores is not None
+    pruner.on_step_end(_ctx(step=6, epoch=1))
+    # the 4 lowest: 0 (image L1 t3), 0.5 (text L1 t2), then the ties at 1: image before text
+    assert pruner.history == [(6, "image", 1, 3), (6, "text", 1, 2), (6, "image", 0, 1), (6, "image", 0, 3)]
+    assert method.active_total() == 12 and pruner.scores is None
+    assert method.mask("image").tolist() == [[True, False, True, False], [True, True, True, False]]
+
+    give(hand)  # pruned tokens are never picked again, however low their score
+    pruner.on_step_end(_ctx(step=9, epoch=1))
+    assert pruner.history[4:] == [
+        (9, "text", 0, 0),
+        (9, "text", 1, 0),
+        (9, "image", 1, 0),
+        (9, "image", 1, 1),
+    ]
+    assert method.active_total() == 8
+    give(hand)
+    pruner.on_step_end(_ctx(step=12, epoch=2))  # the last prune removes fewer than r_p: 8 -> 5
+    assert [h[1:] for h in pruner.history[8:]] == [("text", 1, 3), ("image", 0, 0), ("text", 1, 1)]
+    assert method.active_total() == 5
+    give(hand)
+    pruner.on_step_end(_ctx(step=15, epoch=2))
+    assert method.active_total() == 5 and len(pruner.history) == 11
+    assert method.num_trainable_parameters() == 5 * 64
+
+
+def test_score_functions():
+    for kind in ("snip", "grad", "l2"):
+        _, method = _tiny_clip(**SMALL, score=kind)
+        for params in method.prompts.values():
+            for p in params:
+                p.grad = torch.randn_like(p)
+        scores = method.token_scores()
+        p = method.prompts["text"][1]
+        want = {"snip": (p.grad * p).abs().sum(-1), "grad": p.grad.abs().sum(-1), "l2": p.abs().sum(-1)}[kind]
+        torch.testing.assert_close(scores["text"][1], want.detach())
+        assert scores["image"].shape == (2, 4)
+
+
+def _data(n=12, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    return TensorImageDataset(images, labels)
+
+
+def _clip_model(seed=0, **cfg):
+    backbone, method = _tiny_clip(seed=seed, **cfg)
+    head = TextClassifierHead(backbone, ["red", "green", "blue"], ["a photo of a {}."])
+    return ImageClassifier(backbone, head, method), method
+
+
+def _trainer(model, method, epochs, path=None, progress=None):
+    cfg = TrainConfig(epochs=epochs, batch_size=4, lr=0.05, seed=3)
+    return Trainer(
+        model,
+        method,
+        cfg,
+        device=torch.device("cpu"),
+        checkpoint_path=path,
+        callbacks=method.callbacks(),
+        progress=progress,
+    )
+
+
+def test_training_prunes_to_the_target_at_multiples_of_n_k_after_warmup():
+    cfg = dict(SMALL, target_tokens=5, accumulation_steps=2, prune_rate=4, warmup_epochs=1)
+    model, method = _clip_model(**cfg)
+    _trainer(model, method, epochs=4).fit(_data())  # 3 steps per epoch, 12 steps
+    (pruner,) = method.callbacks()
+    steps = [h[0] for h in pruner.history]
+    assert steps == [4] * 4 + [6] * 4 + [8] * 3  # first multiple of 2 in epoch 1 is step 4; 16 -> 5
+    assert method.active_total() == 5 == sum(sum(v) for v in method.context_lengths().values())
+    assert method.num_trainable_parameters() == 5 * 64
+    facts = method.describe()
+    json.dumps(facts)
+    assert facts["active_total"] == 5 and len(facts["pruned"]) == 11
+    assert facts["masks"]["image"] == method.mask("image").int().tolist()
+
+
+def test_resumed_run_prunes_identically(tmp_path):
+    """Killed mid-epoch, resumed from the epoch checkpoint: same masks, prompts and prune history.
+    n_k = 4 does not divide the 3 steps of an epoch, so the checkpoint holds a half-filled window."""
+    cfg = dict(SMALL, target_tokens=6, accumulation_steps=4, prune_rate=3, warmup_epochs=1)
+    data = _data()
+    model, method = _clip_model(**cfg)
+    _trainer(model, method, epochs=6).fit(data)
+    want_history = list(method.callbacks()[0].history)
+    assert [h[0] for h in want_history] == [4] * 3 + [8] * 3 + [12] * 3 + [16]
+
+    def crash(step, total, loss):
+        if step == 7:
+            raise RuntimeError("killed")
+
+    path = tmp_path / "ckpt.pt"
+    model2, method2 = _clip_model(**cfg)
+    with pytest.raises(RuntimeError, match="killed"):
+        _trainer(model2, method2, epochs=6, path=path, progress=crash).fit(data)
+    saved = torch.load(path, weights_only=False)
+    assert saved["epoch"] == 1 and saved["callbacks"][0]["accumulated"] == 2  # steps 5 and 6
+    assert saved["method"]["mask_image"].dtype == torch.bool
+
+    model3, method3 = _clip_model(seed=99, **cfg)  # different init: everything must come from disk
+    result = _trainer(model3, method3, epochs=6, path=path).fit(data)
+    assert result.resumed_from_epoch == 2
+    assert method3.callbacks()[0].history == want_history
+    for key, value in method.method_state().items():
+        torch.testing.assert_close(method3.method_state()[key], value, atol=0, rtol=0)
+
+
+def test_tiny_vit_image_only():
+    backbone = build_backbone("tiny-vit")
+    pixels = torch.rand(2, 3, 32, 32)
+    base = backbone.encode_image(pixels)
+    method = Adapt(AdaptConfig(target_tokens=20, accumulation_steps=1, warmup_epochs=0))
+    Adapt.check_compatible("tiny-vit", "vit", ("image",))
+    method.attach(backbone)
+    assert method.branches == ["image"] and list(method.prompts) == ["image"]
+    assert method.num_trainable_parameters() == 2 * 16 * 64
+    assert not torch.allclose(backbone.encode_image(pixels), base, atol=1e-4)
+    model = ImageClassifier(backbone, LinearHead(backbone.feature_dim, 3), method)
+    _trainer(model, method, epochs=2).fit(_data())
+    assert method.active_total() == 20 and method.num_trainable_parameters() == 20 * 64
+    method.mask("image").zero_()
+    torch.testing.assert_close(backbone.encode_image(pixels), base, atol=1e-5, rtol=1e-5)
+
+
+def test_layers_clamp_to_tower_depth_and_masks_are_checkpointed():
+    backbone, method = _tiny_clip(text_layers=1)  # 12 image layers asked, tiny-clip has 2
+    assert method.context_lengths() == {"image": [16, 16], "text": [16]}
+    assert backbone.tower("text").slots[1].kv_residual is None
+    method.mask("text")[0, :5] = False
+    state = method.method_state()
+    _, other = _tiny_clip(seed=1, text_layers=1)
+    other.load_method_state(state)
+    assert other.context_lengths() == {"image": [16, 16], "text": [11]}
+    torch.testing.assert_close(other.prompt("image"), method.prompt("image"))
+    assert other.prompt("image").shape == (2, 16, 64)
+
+
+def _color_task(n=9, seed=0):
+    """Images tinted by their label's colour channel: learnable from image features."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    pixels = torch.rand(n, 3, 32, 32, generator=g) * 0.3
+    pixels[torch.arange(n), labels] += 0.7
+    return pixels, labels
+
+
+def test_loss_falls_on_a_learnable_task():
+    model, method = _clip_model(target_tokens=10_000)  # no pruning: only learning is tested
+    pixels, labels = _color_task()
+    opt = torch.optim.Adam(method.trainable_parameters(), lr=0.05)
+    losses = []
+    for _ in range(25):
+        loss = F.cross_entropy(model(pixels), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_plot_context_lengths_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    _, method = _tiny_clip(**SMALL)
+    method.mask("text")[1, 1:] = False
+    out = plot_context_lengths(method.describe(), tmp_path / "fig" / "masks.png")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2_000
+    with pytest.raises(UserError, match="masks"):
+        plot_context_lengths({}, tmp_path / "x.png")
+
+
+def test_bad_options_are_user_errors():
+    with pytest.raises(UserError, match="score"):
+        Adapt({"score": "magnitude"})
+    with pytest.raises(UserError, match="prune_rate"):
+        Adapt({"prune_rate": 0})
+    with pytest.raises(UserError, match="no option"):
+        Adapt({"tokens": 3})
+    assert Adapt({"target_tokens": "32", "score": "grad"}).config.target_tokens == 32

@@ -10,6 +10,7 @@ from torch import nn
 from petlbench.errors import UserError
 
 from .base import Backbone
+from .random_features import random_feature_init
 from .tower import BlockView, Tower
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -187,6 +188,7 @@ def build_tiny_clip(name: str, seed: int = 0) -> ClipBackbone:
             vision_cfg={"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
             text_cfg={"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
         )
+        random_feature_init(model, seed)
     finally:
         torch.random.set_rng_state(gen_state)
     return ClipBackbone(

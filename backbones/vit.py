@@ -8,6 +8,7 @@ from torch import nn
 from petlbench.errors import UserError
 
 from .base import Backbone
+from .random_features import random_feature_init
 from .tower import BlockView, Tower, strip_inserted
 
 
@@ -104,6 +105,7 @@ def build_tiny_vit(name: str, seed: int = 0) -> TimmViTBackbone:
     torch.manual_seed(seed)
     try:
         vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0)
+        random_feature_init(vit, seed)
     finally:
         torch.random.set_rng_state(state)
     return TimmViTBackbone(

@@ -5,6 +5,7 @@ import torch
 
 from petlbench.backbones import build_backbone
 from petlbench.backbones.clip import build_tiny_clip
+from petlbench.backbones.random_features import random_feature_init
 from petlbench.backbones.vit import build_tiny_vit
 
 
@@ -12,11 +13,13 @@ def _tiny_open_clip(seed=0):
     from open_clip.model import CLIP
 
     torch.manual_seed(seed)
-    return CLIP(
+    model = CLIP(
         embed_dim=64,
         vision_cfg={"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
         text_cfg={"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    ).eval()
+    )
+    random_feature_init(model, seed)
+    return model.eval()
 
 
 def test_tiny_clip_image_and_text_towers_equal_open_clip():
@@ -41,9 +44,9 @@ def test_tiny_vit_equals_timm():
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(0)
-    ref = VisionTransformer(
-        img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0
-    ).eval()
+    ref = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0)
+    random_feature_init(ref, 0)
+    ref.eval()
     ours = build_tiny_vit("tiny-vit", seed=0)
     pixels = torch.randn(4, 3, 32, 32)
     torch.testing.assert_close(ours.encode_image(pixels), ref(pixels), atol=1e-5, rtol=0)
@@ -88,6 +91,35 @@ def test_exact_backbone_parameter_totals(vit_b16, clip_b16):
     assert vit_b16.num_parameters() == 85_798_656
     assert clip_b16.num_parameters() == 149_620_737
     assert clip_b16.num_parameters(exclude=["towers.text.token_embedding"]) == 124_323_841
+
+
+def test_random_feature_init_keeps_tiny_features_informative():
+    """timm's default init at width 64 makes the random network forget where things are; the
+    random-feature init keeps it (nearest class mean on the smoke suite's position task)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from petlbench.benchmarks.datasets import load_task
+    from petlbench.benchmarks.suites import load_suite
+
+    data = load_task(load_suite("smoke").task("position"), None)
+    train, val = data.split("train"), data.split("val")
+
+    def nearest_class_mean(encode):
+        with torch.no_grad():
+            a, b = encode(train.images.float() / 255), encode(val.images.float() / 255)
+        means = torch.stack([a[train.labels == c].mean(0) for c in range(4)])
+        return float((torch.cdist(b, means).argmin(1) == val.labels).float().mean())
+
+    torch.manual_seed(0)
+    timm_default = VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0
+    )
+    ours = build_tiny_vit("tiny-vit", seed=0)
+    assert nearest_class_mean(timm_default.eval()) < 0.32  # chance is 0.25
+    assert nearest_class_mean(ours.encode_image) > 0.38
+    for name, p in ours.named_parameters():
+        if p.ndim == 2 and "pos" not in name:
+            assert abs(float(p.std()) * p.shape[1] ** 0.5 - 1.0) < 0.15, name
 
 
 def test_backbone_weights_are_frozen_and_stay_in_eval_mode():

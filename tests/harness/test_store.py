@@ -1,0 +1,80 @@
+"""Run identity and the SQLite store: hashing, lifecycle, prefixes, clear errors."""
+
+import sqlite3
+
+import pytest
+
+from petlbench.errors import UserError
+from petlbench.harness.spec import RunSpec
+from petlbench.harness.store import Store
+
+
+def _spec(**over):
+    base = dict(
+        method="vpt",
+        method_config={"num_tokens": 5, "deep": False},
+        backbone="tiny-vit",
+        suite="smoke",
+        suite_version="1",
+        task="colors",
+        protocol={"epochs": 2, "lr": 0.1},
+        seed=1,
+    )
+    return RunSpec(**(base | over))
+
+
+def test_run_id_is_a_hash_of_the_canonical_spec():
+    a = _spec()
+    b = _spec(method_config={"deep": False, "num_tokens": 5}, protocol={"lr": 0.1, "epochs": 2})
+    assert a.run_id == b.run_id and len(a.run_id) == 16
+    assert _spec(seed=2).run_id != a.run_id
+    assert _spec(method_config={"num_tokens": 6, "deep": False}).run_id != a.run_id
+    assert _spec(measure={"fgsm": {"eps": [0.01]}}).run_id != a.run_id
+    assert RunSpec.from_dict(a.to_dict()) == a
+
+
+def test_lifecycle_attempts_and_update(tmp_path):
+    spec = _spec()
+    with Store(tmp_path / "runs" / "s.sqlite") as store:
+        assert store.get(spec.run_id) is None
+        store.mark_running(spec, {"git": {}})
+        store.mark_failed(spec.run_id, "RuntimeError: boom")
+        rec = store.get(spec.run_id)
+        assert rec.status == "failed" and rec.error == "RuntimeError: boom" and rec.attempts == 1
+        store.mark_running(spec, {"git": {}})
+        store.mark_finished(spec.run_id, {"accuracy": 50.0}, {"metric": "accuracy"}, 1.5, {"git": {"x": 1}})
+    with Store(tmp_path / "runs" / "s.sqlite") as store:  # survives reopening
+        rec = store.get(spec.run_id)
+        assert rec.status == "finished" and rec.attempts == 2 and rec.error is None
+        assert rec.metrics == {"accuracy": 50.0} and rec.wall_time_s == 1.5
+        assert rec.spec == spec and rec.method == "vpt" and rec.task == "colors"
+        assert store.is_finished(spec.run_id)
+        store.update_result(spec.run_id, {"metric": "accuracy", "robustness": {}})
+        assert store.get(spec.run_id).result["robustness"] == {}
+        with pytest.raises(KeyError):
+            store.mark_finished("0" * 16, {}, {}, 0.0, {})
+
+
+def test_filters_and_prefix_resolution(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        specs = [_spec(seed=s) for s in range(4)] + [_spec(method="linear", method_config={})]
+        for s in specs:
+            store.mark_running(s, {})
+        assert len(store.records()) == 5
+        assert [r.method for r in store.records(method="linear")] == ["linear"]
+        assert [r.seed for r in store.records(method="vpt")] == [0, 1, 2, 3]
+        target = specs[0].run_id
+        assert store.resolve(target[:12]).run_id == target
+        with pytest.raises(UserError, match="no run"):
+            store.resolve("zzzz")
+        with pytest.raises(UserError, match="ambiguous"):
+            store.resolve("")
+
+
+def test_not_a_store_is_a_user_error(tmp_path):
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(UserError, match="not a petlbench results store"):
+        Store(junk)
+    sqlite3.connect(tmp_path / "fine.sqlite").close()
+    Store(tmp_path / "fine.sqlite").close()  # an empty database becomes a store

@@ -129,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--fgsm-examples", type=int, default=None)
     rb.add_argument("--device", default="auto")
 
+    pf = sub.add_parser("perf", help="time training steps of a method on a backbone (random weights)")
+    pf.add_argument("--method", required=True)
+    pf.add_argument("--backbone", required=True, help="e.g. vit-b16 or clip-vit-b16 (real architecture)")
+    pf.add_argument("--set", dest="method_options", action="append", metavar="KEY=VALUE")
+    pf.add_argument("--batch-size", type=int, default=32)
+    pf.add_argument("--steps", type=int, default=10)
+    pf.add_argument("--device", default="auto")
+    pf.add_argument("--json", action="store_true")
+
     lr = sub.add_parser("runs", help="list stored runs")
     lr.add_argument("--store", type=Path, default=DEFAULT_STORE)
     lr.add_argument("--method")

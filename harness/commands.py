@@ -84,16 +84,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     store.close()
     if args.json:
         for o in outcomes:
-            out.print_json(
-                json.dumps(
-                    {
-                        "run_id": o.spec.run_id,
-                        "spec": o.spec.to_dict(),
-                        "metrics": o.metrics,
-                        "skipped": o.skipped,
-                    }
-                )
-            )
+            line = {
+                "run_id": o.spec.run_id,
+                "spec": o.spec.to_dict(),
+                "metrics": o.metrics,
+                "skipped": o.skipped,
+            }
+            print(json.dumps(line, sort_keys=True), flush=True)
     else:
         _print_results(outcomes, args.store)
     return 0
@@ -268,4 +265,46 @@ def cmd_runs(args: argparse.Namespace) -> int:
             f"{value:.2f}" if isinstance(value, float) else "-",
         )
     out.print(table)
+    return 0
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from .perf import measure_perf
+    from .runner import _resolve_device
+
+    device = _resolve_device(args.device)
+    with console.status(f"timing {args.method} on {args.backbone} ({device})"):
+        perf = measure_perf(
+            args.method,
+            args.backbone,
+            method_config=_assignments(args.method_options, "--set"),
+            batch_size=args.batch_size,
+            steps=args.steps,
+            device=device,
+        )
+    if args.json:
+        print(json.dumps(perf, sort_keys=True))
+        return 0
+    table = Table(title=f"{args.method} on {args.backbone}: {perf['device']}, {perf['dtype']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    roof = perf["roofline"]
+    rows = [
+        ("trainable parameters", f"{perf['trainable_parameters']:,}"),
+        ("forward GMACs / image", f"{perf['forward_gmacs_per_image']:.2f}"),
+        ("train images/s", f"{perf['train_images_per_second']:.1f}"),
+        ("train step (ms)", f"{perf['train_step_ms']:.1f}"),
+        ("eval images/s", f"{perf['eval_images_per_second']:.1f}"),
+        (f"train {perf['train_memory']['kind']} (MiB)", f"{perf['train_memory']['peak_mib']:.0f}"),
+        ("achieved train TFLOP/s", f"{perf['achieved_train_flops_per_s'] / 1e12:.3f}"),
+        (
+            f"matmul roofline TFLOP/s ({roof['matmul_size']}, {roof['dtype']})",
+            f"{roof['flops_per_s'] / 1e12:.3f}",
+        ),
+        ("utilisation", f"{100 * perf['utilisation']:.1f}%"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    out.print(table)
+    out.print(f"[dim]{perf['convention']}[/]")
     return 0

@@ -32,6 +32,7 @@ from petlbench.methods.registry import get_method
 
 from .data import materialize, subset, to_pixels
 from .flops import image_gmacs, text_gmacs_per_prompt
+from .memory import PeakMemory
 from .provenance import collect_provenance
 from .robustness import DEFAULT_EPSILONS, fgsm
 from .spec import RunSpec
@@ -120,14 +121,21 @@ def plan_runs(
 
 def make_head(method: Method, backbone: Backbone, data: TaskData, task: TaskSpec) -> torch.nn.Module:
     class_names = list(task.class_names) if task.class_names else data.class_names
-    custom = method.make_head(backbone, class_names, list(task.templates))
+    return head_for(method, backbone, class_names, list(task.templates))
+
+
+def head_for(
+    method: Method, backbone: Backbone, class_names: Sequence[str], templates: Sequence[str]
+) -> torch.nn.Module:
+    """The method's own head if it builds one (CoOp), else a text head on CLIP, a linear one elsewhere."""
+    custom = method.make_head(backbone, list(class_names), list(templates))
     if custom is not None:
         return custom
     kind = method.head
     if kind == "auto":
         kind = "text" if backbone.kind == "clip" else "linear"
     if kind == "text":
-        return TextClassifierHead(backbone, class_names, list(task.templates))
+        return TextClassifierHead(backbone, list(class_names), list(templates))
     return LinearHead(backbone.feature_dim, len(class_names))
 
 
@@ -169,6 +177,11 @@ def measure_cost(backbone: Backbone, method: Method, head: torch.nn.Module) -> d
         else:
             cost["text_runs"] = "once (cached)"
     return cost
+
+
+def _dtype_name(device: torch.device) -> str:
+    """How the trainer and evaluator compute (they autocast to bf16 on CUDA only)."""
+    return "bfloat16 autocast" if device.type == "cuda" else "float32"
 
 
 def protocol_of(spec: RunSpec) -> Protocol:
@@ -275,8 +288,8 @@ class Runner:
         selection_key = f"selection_{task.metric}"
         result: dict[str, Any] = {}
         if method_cls.trains:
-            result.update(
-                self._train_stages(
+            with PeakMemory(self.device) as train_peak:
+                trained = self._train_stages(
                     spec,
                     protocol,
                     model,
@@ -286,10 +299,12 @@ class Runner:
                     lambda: {selection_key: score(selection)},
                     cache,
                 )
-            )
-        t0 = time.perf_counter()
-        final_score = score(final)
-        eval_time = time.perf_counter() - t0
+            trained["train"]["memory"] = train_peak.result()
+            result.update(trained)
+        with PeakMemory(self.device) as eval_peak:
+            t0 = time.perf_counter()
+            final_score = score(final)
+            eval_time = time.perf_counter() - t0
         metrics = {task.metric: final_score, selection_key: score(selection)}
         result["parameters"] = count_parameters(method, head, backbone)
         result["eval"] = {
@@ -297,6 +312,8 @@ class Runner:
             "examples": len(final),
             "images_per_second": len(final) / max(1e-9, eval_time),
             "feature_cache": cache,
+            "dtype": _dtype_name(self.device),
+            "memory": eval_peak.result(),
         }
         result["cost"] = measure_cost(backbone, method, head)
         if "fgsm" in spec.measure:
@@ -492,4 +509,9 @@ class Runner:
         train_info["images_per_second"] = (
             train_info["images"] / train_info["train_time_s"] if train_info["train_time_s"] > 0 else None
         )
+        train_info["epochs"] = sum(1 for h in history if "epoch" in h)
+        train_info["seconds_per_epoch"] = (
+            train_info["train_time_s"] / train_info["epochs"] if train_info["epochs"] else None
+        )
+        train_info["dtype"] = _dtype_name(self.device)
         return {"history": history, "stages": list(stage_results.values()), "train": train_info}

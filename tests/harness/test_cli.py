@@ -28,6 +28,10 @@ def test_run_stores_a_finished_result_and_a_rerun_does_no_work(tmp_path, capsys)
         assert rec.status == "finished" and rec.method == "linear" and rec.task == TASK
         assert rec.provenance["packages"]["torch"]
         assert rec.result["parameters"]["method"] == 0 and rec.result["parameters"]["head"] > 0
+        train, evaluation = rec.result["train"], rec.result["eval"]
+        assert train["epochs"] == 2 and train["seconds_per_epoch"] == train["train_time_s"] / 2
+        assert train["dtype"] == evaluation["dtype"] == "float32"
+        assert train["memory"]["peak_mib"] > 0 and evaluation["images_per_second"] > 0
         first_finished = rec.finished_at
     capsys.readouterr()
     assert _run(tmp_path, *args, "--protocol", "epochs=2", "--json") == 0

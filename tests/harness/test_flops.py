@@ -41,3 +41,26 @@ def test_sdpa_is_counted_as_two_matmuls():
     total, by_op = count_macs(Attn(), (torch.zeros(2, 3, 5, 4),))
     assert total == 2 * 3 * 5 * 5 * (4 + 4)
     assert by_op == {"scaled_dot_product_attention": total}
+
+
+def test_adapt_pruned_to_a_lower_target_counts_less(clip_b16):
+    from petlbench.methods.adapt import Adapt
+
+    base = image_gmacs(clip_b16)
+    try:
+        adapt = Adapt({})
+        adapt.attach(clip_b16)
+        full = image_gmacs(clip_b16, adapt)
+        with torch.no_grad():
+            adapt.mask_image[:, 4:] = False  # 4 of 16 tokens left per image layer
+        pruned = image_gmacs(clip_b16, adapt)
+        with torch.no_grad():
+            adapt.mask_image[:] = False
+        none_left = image_gmacs(clip_b16, adapt)
+    finally:
+        clip_b16.tower("image").clear_slots()
+        clip_b16.tower("text").clear_slots()
+    assert full > pruned > base
+    # key/value prompts cost only their K/V projections and attention columns, never MLP or queries
+    assert full - base < 0.05 * base
+    assert none_left == base

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -126,7 +127,9 @@ class ClipTextTower(Tower):
 class ClipBackbone(Backbone):
     kind = "clip"
 
-    def __init__(self, name: str, model: nn.Module, *, image_size: int, config: dict) -> None:
+    def __init__(
+        self, name: str, model: nn.Module, *, image_size: int, config: dict, tokenizer: Any = None
+    ) -> None:
         import open_clip
 
         text_src = model.text if hasattr(model, "text") else model
@@ -142,7 +145,7 @@ class ClipBackbone(Backbone):
             config=config,
         )
         self.logit_scale = model.logit_scale
-        self.tokenizer = open_clip.get_tokenizer(config.get("tokenizer", "ViT-B-16"))
+        self.tokenizer = tokenizer or open_clip.get_tokenizer(config.get("tokenizer", "ViT-B-16"))
         self.freeze()
 
     def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ class BackboneEntry:
 
 def _builtins() -> dict[str, BackboneEntry]:
     from .clip import build_open_clip, build_tiny_clip
+    from .micro import build_micro_clip, build_micro_vit
     from .vit import build_timm_vit, build_tiny_vit
 
     entries = [
@@ -36,6 +37,18 @@ def _builtins() -> dict[str, BackboneEntry]:
             "vit",
             "timm ViT, width 64, 2 layers, 32px, seeded random init (tests, smoke)",
             lambda pretrained: build_tiny_vit("tiny-vit"),
+        ),
+        BackboneEntry(
+            "micro-clip",
+            "clip",
+            "CLIP, width 128, 4+3 layers, 32px, pretrained on the synthetic world (shipped, offline)",
+            lambda pretrained: build_micro_clip("micro-clip", pretrained),
+        ),
+        BackboneEntry(
+            "micro-vit",
+            "vit",
+            "timm ViT, width 128, 4 layers, 32px, supervised on the synthetic world (shipped, offline)",
+            lambda pretrained: build_micro_vit("micro-vit", pretrained),
         ),
         BackboneEntry(
             "clip-vit-b16",

@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--device", default="auto")
     pf.add_argument("--json", action="store_true")
 
+    pt = sub.add_parser("pretrain", help="pretrain micro-clip / micro-vit on the synthetic world (CPU)")
+    pt.add_argument("model", help="micro-clip or micro-vit")
+    pt.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the shipped run's)")
+    pt.add_argument("--batch-size", type=int, default=64)
+    pt.add_argument("--lr", type=float, default=1e-3)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--out", type=Path, required=True, help="folder for <model>.safetensors and <model>.json")
+
     lr = sub.add_parser("runs", help="list stored runs")
     lr.add_argument("--store", type=Path, default=DEFAULT_STORE)
     lr.add_argument("--method")

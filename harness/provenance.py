@@ -7,7 +7,7 @@ import os
 import platform
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -78,6 +78,6 @@ def collect_provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "packages": package_versions(),
         "git": git_state(),
         "hardware": hardware(),
-        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }

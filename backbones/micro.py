@@ -1,0 +1,144 @@
+"""Micro backbones pretrained on the synthetic world and shipped with the package.
+
+``micro-clip`` (open_clip CLIP: 32px images, patch 8, width 128, 4 image + 3 text layers, a word
+tokenizer) is trained contrastively on world captions; ``micro-vit`` (timm ViT of the same image
+shape) is trained supervised on shape x colour. ``bench pretrain`` (harness/pretrain.py) produces
+the weights; each ships as ``weights/<name>.safetensors`` beside ``weights/<name>.json`` (config,
+sha256, training provenance and metrics). The hash is checked on every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from petlbench.errors import UserError
+
+from .clip import ClipBackbone
+from .vit import TimmViTBackbone
+from .word_tokenizer import WordTokenizer
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+MICRO_CLIP = {
+    "embed_dim": 128,
+    "vision": {"image_size": 32, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32},
+    "text": {"context_length": 24, "width": 128, "heads": 4, "layers": 3},
+}
+MICRO_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4}
+
+
+def _vocabulary() -> list[str]:
+    from petlbench.benchmarks.synthetic.world import vocabulary
+
+    return vocabulary()
+
+
+def micro_clip_model(seed: int = 0) -> torch.nn.Module:
+    """The raw open_clip model (trainable), randomly initialised under ``seed``."""
+    from open_clip.model import CLIP
+
+    tokenizer = micro_tokenizer()
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = CLIP(
+            embed_dim=MICRO_CLIP["embed_dim"],
+            vision_cfg=dict(MICRO_CLIP["vision"]),
+            text_cfg={**MICRO_CLIP["text"], "vocab_size": tokenizer.vocab_size},
+        )
+    finally:
+        torch.random.set_rng_state(state)
+    return model
+
+
+def micro_tokenizer() -> WordTokenizer:
+    return WordTokenizer(_vocabulary(), MICRO_CLIP["text"]["context_length"])
+
+
+def micro_vit_model(num_classes: int = 0, seed: int = 0) -> torch.nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        vit = VisionTransformer(**MICRO_VIT, num_classes=num_classes)
+    finally:
+        torch.random.set_rng_state(state)
+    return vit
+
+
+def wrap_micro_clip(name: str, model: torch.nn.Module, config: dict[str, Any]) -> ClipBackbone:
+    return ClipBackbone(name, model, image_size=32, config=config, tokenizer=micro_tokenizer())
+
+
+def wrap_micro_vit(name: str, vit: torch.nn.Module, config: dict[str, Any]) -> TimmViTBackbone:
+    return TimmViTBackbone(name, vit, config)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_weights(
+    name: str, weights_dir: Path | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The shipped state dict and its record; refuses a file whose hash differs from the record."""
+    from safetensors.torch import load_file
+
+    folder = weights_dir or WEIGHTS_DIR
+    path, record_path = folder / f"{name}.safetensors", folder / f"{name}.json"
+    if not path.exists() or not record_path.exists():
+        raise UserError(
+            f"no shipped weights for {name!r} in {folder}; create them with `bench pretrain {name}` "
+            "or build the architecture with random weights (--random-init)"
+        )
+    record = json.loads(record_path.read_text())
+    digest = file_sha256(path)
+    if digest != record["sha256"]:
+        raise UserError(f"{path} has sha256 {digest[:12]}..., its record says {record['sha256'][:12]}...")
+    return load_file(str(path)), record
+
+
+def _provenance(record: dict[str, Any]) -> dict[str, Any]:
+    return {"pretrained": "synthetic world", "weights_sha256": record["sha256"], "world": record["world"]}
+
+
+def build_micro_clip(name: str, pretrained: bool) -> ClipBackbone:
+    model = micro_clip_model()
+    config: dict[str, Any] = {"source": "petlbench", "arch": "micro-clip", **MICRO_CLIP, "tokenizer": "words"}
+    if pretrained:
+        state, record = load_weights("micro-clip")
+        model.load_state_dict(state)
+        config |= {
+            "pretrained": "synthetic world",
+            "weights_sha256": record["sha256"],
+            "world": record["world"],
+        }
+    else:
+        config["pretrained"] = None
+    return wrap_micro_clip(name, model, config)
+
+
+def build_micro_vit(name: str, pretrained: bool) -> TimmViTBackbone:
+    vit = micro_vit_model()
+    config: dict[str, Any] = {"source": "petlbench", "arch": "micro-vit", **MICRO_VIT}
+    if pretrained:
+        state, record = load_weights("micro-vit")
+        vit.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
+        config |= {
+            "pretrained": "synthetic world",
+            "weights_sha256": record["sha256"],
+            "world": record["world"],
+        }
+    else:
+        config["pretrained"] = None
+    return wrap_micro_vit(name, vit, config)

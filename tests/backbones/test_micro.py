@@ -1,0 +1,105 @@
+"""The micro backbones pretrained on the synthetic world and shipped with the package."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from petlbench.backbones import build_backbone
+from petlbench.backbones.micro import WEIGHTS_DIR, load_weights, micro_clip_model, micro_tokenizer
+from petlbench.benchmarks.synthetic.tasks import TASKS, make_task_split
+from petlbench.errors import UserError
+from petlbench.harness.pretrain import pretrain
+
+SHIPPED = (WEIGHTS_DIR / "micro-clip.safetensors").exists() and (
+    WEIGHTS_DIR / "micro-vit.safetensors"
+).exists()
+needs_weights = pytest.mark.skipif(not SHIPPED, reason="no shipped micro weights (run `bench pretrain`)")
+
+
+def test_architectures_and_exact_parameter_counts():
+    clip = build_backbone("micro-clip", pretrained=False)
+    vit = build_backbone("micro-vit", pretrained=False)
+    assert clip.num_parameters() == 1_458_817 and vit.num_parameters() == 820_352
+    assert clip.image_size == vit.image_size == 32 and clip.feature_dim == 128
+
+
+def test_wrapped_micro_clip_equals_open_clip_with_the_word_tokenizer():
+    raw = micro_clip_model(seed=0).eval()
+    ours = build_backbone("micro-clip", pretrained=False)
+    pixels = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(ours.encode_image(pixels), raw.encode_image(pixels), atol=1e-5, rtol=0)
+    ids = micro_tokenizer()(["a red circle in the top left.", "three blue squares.", "a shape."])
+    torch.testing.assert_close(ours.encode_text(ids), raw.encode_text(ids), atol=1e-5, rtol=0)
+
+
+@needs_weights
+def test_shipped_weights_load_offline_and_match_their_recorded_hash(tmp_path):
+    for name in ("micro-clip", "micro-vit"):
+        record = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+        backbone = build_backbone(name)
+        assert backbone.config["weights_sha256"] == record["sha256"]
+        assert record["parameters"] >= backbone.num_parameters()  # micro-vit ships its pretraining head
+        tampered = tmp_path / name
+        tampered.mkdir()
+        shutil.copy(WEIGHTS_DIR / f"{name}.json", tampered)
+        data = bytearray((WEIGHTS_DIR / f"{name}.safetensors").read_bytes())
+        data[-1] ^= 1
+        (tampered / f"{name}.safetensors").write_bytes(bytes(data))
+        with pytest.raises(UserError, match="sha256"):
+            load_weights(name, tampered)
+
+
+def _zero_shot(backbone, task_name, n=400):
+    task = TASKS[task_name]
+    images, labels = make_task_split(task_name, n, seed=123, split="test")
+    mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std).view(1, 3, 1, 1)
+    pixels = (torch.from_numpy(images).float() / 255 - mean) / std
+    with torch.no_grad():
+        img = F.normalize(backbone.encode_image(pixels), dim=-1)
+        text = F.normalize(
+            backbone.encode_text(backbone.tokenize([task.templates[0].format(c) for c in task.class_names])),
+            dim=-1,
+        )
+    return 100.0 * float(((img @ text.T).argmax(1) == torch.from_numpy(labels)).float().mean())
+
+
+@needs_weights
+def test_zero_shot_micro_clip_is_well_above_chance_in_distribution():
+    backbone = build_backbone("micro-clip")
+    for name, floor in (("world-colors", 60.0), ("world-shapes", 50.0), ("world-position", 45.0)):
+        chance = 100.0 / len(TASKS[name].class_names)
+        acc = _zero_shot(backbone, name)
+        assert acc > max(floor, 2 * chance), (name, acc)
+
+
+def test_pretraining_is_fixed_by_its_seed(tmp_path):
+    a = pretrain("micro-vit", tmp_path / "a", steps=3, batch_size=16, seed=5)
+    b = pretrain("micro-vit", tmp_path / "b", steps=3, batch_size=16, seed=5)
+    c = pretrain("micro-vit", tmp_path / "c", steps=3, batch_size=16, seed=6)
+    assert a["sha256"] == b["sha256"] != c["sha256"]
+    assert a["metrics"]["final_loss"] == b["metrics"]["final_loss"]
+
+
+def test_unknown_pretrain_model_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="micro-clip"):
+        pretrain("nano-clip", tmp_path)
+
+
+@pytest.mark.slow
+@needs_weights
+@pytest.mark.parametrize("name", ["micro-clip", "micro-vit"])
+def test_rerunning_the_shipped_pretraining_reproduces_its_metrics(tmp_path, name):
+    record = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    t = record["training"]
+    again = pretrain(name, tmp_path, steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], seed=t["seed"])
+    assert abs(again["metrics"]["final_loss"] - record["metrics"]["final_loss"]) < 0.05
+    np.testing.assert_allclose(
+        again["metrics"]["loss_every_100_steps"], record["metrics"]["loss_every_100_steps"], atol=0.05
+    )
+    for task, acc in record["metrics"].get("zero_shot", {}).items():
+        assert abs(again["metrics"]["zero_shot"][task] - acc) < 3.0, task

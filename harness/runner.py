@@ -48,6 +48,15 @@ class RunOutcome:
     result: dict[str, Any]
 
 
+@dataclass
+class ComputedRun:
+    spec: RunSpec
+    metrics: dict[str, Any]
+    result: dict[str, Any]
+    wall_time_s: float
+    provenance: dict[str, Any]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -172,7 +181,9 @@ def measure_cost(backbone: Backbone, method: Method, head: torch.nn.Module) -> d
         cost["text_prompts"] = prompts
         if method.needs_text_encoder_per_image:
             cost["text_runs"] = "per image"
-        elif backbone.tower("text").has_trainable_parameters():
+        elif backbone.tower("text").has_trainable_parameters() or (
+            not isinstance(head, LinearHead) and any(p.requires_grad for p in head.parameters())
+        ):  # prompts in the text tower's slots, or in a head that runs the text tower (CoOp)
             cost["text_runs"] = "per step in training, once at inference"
         else:
             cost["text_runs"] = "once (cached)"
@@ -199,7 +210,7 @@ def _resolve_device(device: str) -> torch.device:
 class Runner:
     def __init__(
         self,
-        store: Store,
+        store: Store | None,
         suite: Suite,
         *,
         data_root: Path | None = None,
@@ -224,13 +235,27 @@ class Runner:
         return self._task_cache[task.name]
 
     def run(self, spec: RunSpec, on_step: Callable[[int, int, float], None] | None = None) -> RunOutcome:
-        run_id = spec.run_id
-        record = self.store.get(run_id)
+        """Run one spec unless the store already holds it finished; the store sees running ->
+        finished (or failed)."""
+        if self.store is None:
+            raise RuntimeError("Runner.run needs a store; a worker calls Runner.compute")
+        record = self.store.get(spec.run_id)
         if record is not None and record.status == "finished":
             return RunOutcome(spec, True, record.metrics, record.result)
-        task = self.suite.task(spec.task)
-        data = self._task_data(task)
-        provenance = collect_provenance(
+        self.store.mark_running(spec, self.provenance(spec))
+        try:
+            computed = self.compute(spec, on_step)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            self.store.mark_failed(spec.run_id, f"{exc.__class__.__name__}: {exc}")
+            raise
+        self.finish(computed)
+        return RunOutcome(spec, False, computed.metrics, computed.result)
+
+    def provenance(self, spec: RunSpec) -> dict[str, Any]:
+        data = self._task_data(self.suite.task(spec.task))
+        return collect_provenance(
             {
                 "suite_version": self.suite.version,
                 "suite_sha256": self.suite.sha256,
@@ -238,20 +263,24 @@ class Runner:
                 "device": str(self.device),
             }
         )
-        self.store.mark_running(spec, provenance)
+
+    def compute(self, spec: RunSpec, on_step: Callable[[int, int, float], None] | None = None) -> ComputedRun:
+        """Train and evaluate one spec without touching the store (what a remote worker runs)."""
+        task = self.suite.task(spec.task)
+        data = self._task_data(task)
+        provenance = self.provenance(spec)
         started = time.perf_counter()
-        try:
-            metrics, result = self._execute(spec, task, data, on_step)
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
-            self.store.mark_failed(run_id, f"{exc.__class__.__name__}: {exc}")
-            raise
-        wall = time.perf_counter() - started
-        self.store.mark_finished(run_id, metrics, result, wall, provenance)
+        metrics, result = self._execute(spec, task, data, on_step)
+        return ComputedRun(spec, metrics, result, time.perf_counter() - started, provenance)
+
+    def finish(self, computed: ComputedRun) -> None:
+        """Record a computed run as finished and drop its checkpoints."""
+        assert self.store is not None
+        self.store.mark_finished(
+            computed.spec.run_id, computed.metrics, computed.result, computed.wall_time_s, computed.provenance
+        )
         if self.checkpoint_dir is not None:
-            shutil.rmtree(self.checkpoint_dir / run_id, ignore_errors=True)
-        return RunOutcome(spec, False, metrics, result)
+            shutil.rmtree(self.checkpoint_dir / computed.spec.run_id, ignore_errors=True)
 
     def _execute(
         self,
@@ -270,7 +299,10 @@ class Runner:
         if protocol.shots:
             train = subset(train, sample_few_shot(train.labels.tolist(), protocol.shots, spec.seed))
         selection = materialize(data.split(protocol.selection_split), size, interp)
-        final = materialize(data.split(protocol.eval_split), size, interp)
+        # A search trial (stage "search") is scored on the selection split and never reads the
+        # evaluation split: hyperparameters are chosen without seeing test data.
+        searching = spec.stage == "search"
+        final = selection if searching else materialize(data.split(protocol.eval_split), size, interp)
         metric = get_metric(task.metric)
         num_classes = len(task.class_names or data.class_names)
         cache = not backbone.tower("image").has_trainable_parameters()
@@ -308,7 +340,7 @@ class Runner:
         metrics = {task.metric: final_score, selection_key: score(selection)}
         result["parameters"] = count_parameters(method, head, backbone)
         result["eval"] = {
-            "split": protocol.eval_split,
+            "split": protocol.selection_split if searching else protocol.eval_split,
             "examples": len(final),
             "images_per_second": len(final) / max(1e-9, eval_time),
             "feature_cache": cache,
@@ -316,9 +348,10 @@ class Runner:
             "memory": eval_peak.result(),
         }
         result["cost"] = measure_cost(backbone, method, head)
-        if "fgsm" in spec.measure:
+        if "fgsm" in spec.measure and not searching:
             result["robustness"] = {"fgsm": self._fgsm(spec, model, final, num_classes)}
-        self._save_artifact(spec, model)
+        if not searching:
+            self._save_artifact(spec, model)
         result["method"] = method.describe()
         result["metric"] = task.metric
         return metrics, result

@@ -54,8 +54,17 @@ class CoCoOpHead(PromptHead):
         ctx = self.method.ctx.unsqueeze(0) + shift.unsqueeze(1)  # (B, M, d)
         return self.splice(ctx.unsqueeze(1))
 
+    max_prompts_per_call: int = 4096  # B*C prompts per text-tower call (evaluation batches are chunked)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         image = F.normalize(features, dim=-1)
+        step = max(1, self.max_prompts_per_call // self.num_classes)
+        if image.shape[0] <= step:
+            return self._logits(image)
+        # e.g. 256 images x 1000 classes would be 256k prompts in one call: chunk by images instead
+        return torch.cat([self._logits(image[i : i + step]) for i in range(0, image.shape[0], step)])
+
+    def _logits(self, image: torch.Tensor) -> torch.Tensor:
         prompts = self.prompts(image)
         batch, classes = prompts.shape[:2]
         text = self.encode(prompts.flatten(0, 1)).view(batch, classes, -1)  # one tower call, B*C prompts

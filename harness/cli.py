@@ -146,6 +146,35 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--seed", type=int, default=0)
     pt.add_argument("--out", type=Path, required=True, help="folder for <model>.safetensors and <model>.json")
 
+    sw = sub.add_parser("sweep", help="methods x suite x seeds, optional grid search, local or on Ray")
+    sw.add_argument("--methods", required=True, help="methods, comma-separated")
+    sw.add_argument("--suite", required=True)
+    sw.add_argument("--backbone", help="backbone(s), comma-separated (default: the suite's)")
+    sw.add_argument("--tasks", help="a subset of the suite's tasks, comma-separated")
+    sw.add_argument("--seeds", help="final seeds, comma-separated (default: the suite's)")
+    sw.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="a searched hyperparameter (protocol field or method option), e.g. --grid lr=0.1,0.01",
+    )
+    sw.add_argument("--search-seed", type=int, help="seed of the search trials (default: the first seed)")
+    sw.add_argument("--set", dest="method_options", action="append", metavar="KEY=VALUE")
+    sw.add_argument("--protocol", dest="protocol_options", action="append", metavar="KEY=VALUE")
+    sw.add_argument("--executor", choices=("local", "ray"), default="local")
+    sw.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one)")
+    sw.add_argument("--cpus-per-run", type=float, default=1.0)
+    sw.add_argument("--gpus-per-run", type=float, default=None, help="default: 1 on CUDA, else 0")
+    sw.add_argument("--max-retries", type=int, default=3, help="retries of a run whose worker died")
+    sw.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    sw.add_argument("--data-root", type=Path)
+    sw.add_argument("--device", default="auto")
+    sw.add_argument("--random-init", action="store_true")
+    sw.add_argument("--no-fgsm", action="store_true")
+    sw.add_argument("--fgsm-eps", default="1/255,2/255,4/255,8/255")
+    sw.add_argument("--fgsm-examples", type=int, default=500)
+    sw.add_argument("--json", action="store_true", help="print one JSON line per finished run")
+
     lr = sub.add_parser("runs", help="list stored runs")
     lr.add_argument("--store", type=Path, default=DEFAULT_STORE)
     lr.add_argument("--method")

@@ -339,3 +339,105 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         json.dumps({k: record[k] for k in ("name", "sha256", "parameters", "training", "metrics")})
     )
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rich.live import Live
+
+    from petlbench.benchmarks.suites import load_suite
+
+    from .executors import LocalExecutor, RayExecutor, RunDone
+    from .runner import Runner
+    from .store import Store
+    from .sweep import parse_grid, run_sweep
+
+    suite = load_suite(args.suite)
+    if args.data_root is not None and not args.data_root.is_dir():
+        raise UserError(f"--data-root {args.data_root} is not a folder")
+    if suite.needs_data_root and args.data_root is None:
+        raise UserError(f"suite {suite.name!r} reads datasets from disk: pass --data-root FOLDER")
+    methods = _csv(args.methods) or []
+    grid = parse_grid(args.grid)
+    store = Store(args.store)
+    runner = Runner(
+        store,
+        suite,
+        data_root=args.data_root,
+        device=args.device,
+        checkpoint_dir=args.store.parent / "checkpoints",
+    )
+    if args.executor == "ray":
+        executor: Any = RayExecutor(
+            runner,
+            address=args.ray_address,
+            cpus_per_run=args.cpus_per_run,
+            gpus_per_run=args.gpus_per_run,
+            max_retries=args.max_retries,
+        )
+    else:
+        executor = LocalExecutor(runner)
+    rows: list[tuple[str, RunDone]] = []
+
+    def table() -> Table:
+        t = Table(title=f"sweep on {suite.name} ({args.executor}): {len(rows)} runs done")
+        for col in ("phase", "method", "backbone", "task", "seed", "status", "selection", "final"):
+            t.add_column(col)
+        for phase, d in rows[-25:]:
+            sel = next((v for k, v in d.metrics.items() if k.startswith("selection_")), None)
+            fin = next((v for k, v in d.metrics.items() if not k.startswith("selection_")), None)
+            status = "failed" if d.error else ("cached" if d.skipped else "done")
+            t.add_row(
+                phase,
+                d.spec.method,
+                d.spec.backbone,
+                d.spec.task,
+                str(d.spec.seed),
+                status,
+                f"{sel:.2f}" if isinstance(sel, float) else "-",
+                f"{fin:.2f}" if isinstance(fin, float) and phase == "final" else "-",
+            )
+        return t
+
+    measure = (
+        {}
+        if args.no_fgsm
+        else {"fgsm": {"epsilons": _epsilons(args.fgsm_eps), "max_examples": args.fgsm_examples}}
+    )
+    with Live(table(), console=console, refresh_per_second=4, transient=args.json) as live:
+
+        def on_event(phase: str, done: RunDone) -> None:
+            rows.append((phase, done))
+            live.update(table())
+            if args.json and phase == "final":
+                line = {"run_id": done.spec.run_id, "metrics": done.metrics, "skipped": done.skipped}
+                print(json.dumps(line | {"error": done.error}, sort_keys=True), flush=True)
+
+        result = run_sweep(
+            store,
+            suite,
+            executor,
+            methods,
+            backbones=_csv(args.backbone),
+            tasks=_csv(args.tasks),
+            seeds=_seeds(args.seeds),
+            grid=grid,
+            search_seed=args.search_seed,
+            method_config=_assignments(args.method_options, "--set"),
+            protocol_overrides=_assignments(args.protocol_options, "--protocol"),
+            pretrained=not args.random_init,
+            measure=measure,
+            on_event=on_event,
+        )
+    store.close()
+    if result.chosen and not args.json:
+        t = Table(title="chosen on the selection split")
+        for col in ("method", "backbone", "task", "chosen"):
+            t.add_column(col)
+        for (method, backbone, task), point in sorted(result.chosen.items()):
+            t.add_row(method, backbone, task, json.dumps(point))
+        out.print(t)
+    for d in result.failed:
+        console.print(
+            f"[red]failed:[/] {d.spec.method} {d.spec.backbone} {d.spec.task} seed {d.spec.seed}: {d.error}"
+        )
+    return 1 if result.failed else 0

@@ -116,6 +116,7 @@ def pretrain(
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, steps // 20))
     tokenizer = micro.micro_tokenizer()
     losses: list[float] = []
+    provenance = collect_provenance()  # the code as it was when training started
     started = time.perf_counter()
     for step in range(steps):
         scenes, images, rng = _batch(seed, step, batch_size)
@@ -172,7 +173,7 @@ def pretrain(
         "parameters": sum(p.numel() for p in raw.parameters()),
         "training": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "wall_time_s": wall},
         "metrics": metrics,
-        "provenance": collect_provenance(),
+        "provenance": provenance,
     }
     (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record

@@ -1,0 +1,43 @@
+"""Tower selection shared by the PEFT baselines (prefix, BitFit, Adapter, LoRA).
+
+A method's ``tower`` option names the towers it modifies: one name (``image``, ``text``, ``encoder``,
+``decoder``), a comma-separated list, or ``both``/``all`` for every tower the backbone has (image and
+text on CLIP, encoder and decoder on an encoder-decoder). Unknown names are refused when the config is
+built; a name the backbone lacks is refused when the method is attached.
+"""
+
+from __future__ import annotations
+
+from petlbench.backbones.base import Backbone
+from petlbench.backbones.tower import Tower
+from petlbench.errors import UserError
+
+TOWER_NAMES = ("image", "text", "encoder", "decoder")
+EVERY = ("both", "all")
+
+
+def parse_towers(method: str, spec: str) -> tuple[str, ...]:
+    """The tower names in ``spec`` (empty tuple for ``both``/``all``: every tower of the backbone)."""
+    value = spec.strip().lower()
+    if value in EVERY:
+        return ()
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    bad = [n for n in names if n not in TOWER_NAMES]
+    if not names or bad:
+        raise UserError(
+            f"{method}: tower must be one of {', '.join(TOWER_NAMES)}, a comma-separated list of them, "
+            f"or 'both' (every tower of the backbone); got {spec!r}"
+        )
+    return names
+
+
+def resolve_towers(method: str, spec: str, backbone: Backbone) -> dict[str, Tower]:
+    """The backbone's towers that ``spec`` selects, in the backbone's order."""
+    names = parse_towers(method, spec) or backbone.tower_names
+    missing = [n for n in names if n not in backbone.towers]
+    if missing:
+        raise UserError(
+            f"{method}: backbone {backbone.name!r} has no {', '.join(missing)} tower "
+            f"(it has {', '.join(backbone.tower_names)}); choose tower= among those"
+        )
+    return {n: backbone.tower(n) for n in backbone.tower_names if n in names}

@@ -1,0 +1,216 @@
+"""LoRA: low-rank updates of the frozen attention projections (Hu et al., ICLR 2022).
+
+Through the ``qkv_delta`` slot: for every layer of the chosen towers the fused qkv projection gets
+``scaling * B A x`` added, with ``scaling = alpha / r``, ``A`` (r, d) Kaiming-uniform (a = sqrt 5) and
+``B`` zero, so the model starts equal to the backbone (PEFT's defaults: r = 8, alpha = 8, no dropout).
+
+``targets`` picks what is adapted:
+
+* a comma-separated subset of ``q``, ``k``, ``v`` (default ``q,v``, the paper's and PEFT's setting):
+  one (A, B) pair per projection, ``B`` of shape (d, r); 2 * 2 * r * d per layer for q and v;
+* ``qkv``: one pair on the fused projection (NOAH's ``qkv_super_prompt``), ``B`` of shape (3d, r);
+  r * (d + 3d) per layer.
+
+Both give 12 * 8 * (768 + 2304) = 294,912 at r = 8 on ViT-B/16.
+
+:meth:`LoRA.merge` adds ``scaling * B A`` into the frozen qkv weights in place and empties the slots,
+so inference costs exactly the backbone's; :meth:`LoRA.unmerge` undoes it (to float rounding). With
+``merge=true`` a second, training-free stage merges after training. The merged flag travels with the
+method's state, so a checkpoint of a merged model reloads merged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from petlbench.backbones.base import Backbone
+from petlbench.backbones.tower import Tower
+from petlbench.errors import UserError
+
+from ._towers import parse_towers, resolve_towers
+from .base import Method, Stage, StageContext
+
+PROJECTIONS = ("q", "k", "v")
+MERGED_KEY = "merged"
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 8  # r
+    alpha: float = 8.0  # scaling = alpha / rank
+    targets: str = "q,v"  # comma-separated subset of q, k, v; or qkv (one update of the fused projection)
+    dropout: float = 0.0  # dropout on the LoRA branch's input
+    tower: str = "image"  # image | text | both (CLIP) | comma-separated tower names
+    merge: bool = False  # after training, merge the updates into the frozen weights (a second stage)
+
+
+def parse_targets(spec: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(t.strip().lower() for t in spec.split(",") if t.strip()))
+    if names == ("qkv",):
+        return names
+    if not names or any(n not in PROJECTIONS for n in names):
+        raise UserError(
+            f"lora: targets must be a comma-separated subset of q, k, v, or qkv (the fused projection); "
+            f"got {spec!r}"
+        )
+    return tuple(n for n in PROJECTIONS if n in names)  # canonical q, k, v order
+
+
+class LoRAQKV(nn.Module):
+    """One layer's LoRA: ``x`` (B, L, d) -> the delta of the fused qkv projection (B, L, 3d)."""
+
+    def __init__(
+        self, width: int, rank: int, targets: tuple[str, ...], scaling: float, dropout: float
+    ) -> None:
+        super().__init__()
+        self.width = width
+        self.targets = targets
+        self.scaling = scaling
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        out = 3 * width if targets == ("qkv",) else width
+        self.lora_A = nn.ParameterDict({t: nn.Parameter(torch.empty(rank, width)) for t in targets})
+        self.lora_B = nn.ParameterDict({t: nn.Parameter(torch.zeros(out, rank)) for t in targets})
+        for a in self.lora_A.values():
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+
+    def _update(self, t: str, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.lora_A[t]), self.lora_B[t]) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(x)
+        if self.targets == ("qkv",):
+            return self._update("qkv", x)
+        updates = {t: self._update(t, x) for t in self.targets}
+        # Zeros for the projections left alone, in the updates' dtype (bf16 under autocast).
+        zeros = next(iter(updates.values())).new_zeros(*x.shape[:-1], self.width)
+        return torch.cat([updates.get(t, zeros) for t in PROJECTIONS], dim=-1)
+
+    def delta_weight(self) -> torch.Tensor:
+        """``scaling * B A`` placed in the rows of the fused (3d, d) qkv weight."""
+        if self.targets == ("qkv",):
+            return self.lora_B["qkv"] @ self.lora_A["qkv"] * self.scaling
+        A = next(iter(self.lora_A.values()))
+        rows = [
+            self.lora_B[t] @ self.lora_A[t] * self.scaling
+            if t in self.lora_A
+            else A.new_zeros(self.width, self.width)
+            for t in PROJECTIONS
+        ]
+        return torch.cat(rows, dim=0)
+
+
+class LoRA(Method):
+    name = "lora"
+    family = "reparameterization"
+    paper = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
+    Config = LoRAConfig
+    towers = ("image", "text")
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.lora = nn.ModuleDict()  # "<tower>" -> ModuleList of LoRAQKV, one per layer
+        self._towers: dict[str, Tower] = {}  # plain dict: the method must not own backbone weights
+        self._merged = False
+
+    def validate_config(self) -> None:
+        c = self.config
+        if c.rank < 1:
+            raise UserError(f"lora: rank must be at least 1, got {c.rank}")
+        if not math.isfinite(c.alpha) or c.alpha <= 0:
+            raise UserError(f"lora: alpha must be a positive number, got {c.alpha}")
+        if not 0.0 <= c.dropout < 1.0:
+            raise UserError(f"lora: dropout must be in [0, 1), got {c.dropout}")
+        parse_targets(c.targets)
+        parse_towers(self.name, c.tower)
+
+    @classmethod
+    def required_towers(cls) -> tuple[str, ...]:
+        return ("image",)
+
+    @property
+    def scaling(self) -> float:
+        return self.config.alpha / self.config.rank
+
+    @property
+    def merged(self) -> bool:
+        return self._merged
+
+    def attach(self, backbone: Backbone) -> None:
+        c = self.config
+        targets = parse_targets(c.targets)
+        for tower_name, tower in resolve_towers(self.name, c.tower, backbone).items():
+            self.lora[tower_name] = nn.ModuleList(
+                LoRAQKV(tower.width, c.rank, targets, self.scaling, c.dropout) for _ in range(tower.depth)
+            )
+            self._towers[tower_name] = tower
+        self._bind_slots()
+
+    def _bind_slots(self) -> None:
+        for tower_name, layers in self.lora.items():
+            tower = self._towers[tower_name]
+            for layer, module in enumerate(layers):
+                tower.slots[layer].qkv_delta = None if self._merged else module
+
+    # ----- merging ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold every update into its frozen qkv weight and empty the ``qkv_delta`` slots (idempotent)."""
+        if self._merged:
+            return
+        self._add_to_weights(+1.0)
+        self._merged = True
+        self._bind_slots()
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the updates from the weights again and refill the slots (idempotent)."""
+        if not self._merged:
+            return
+        self._add_to_weights(-1.0)
+        self._merged = False
+        self._bind_slots()
+
+    def _add_to_weights(self, sign: float) -> None:
+        for tower_name, layers in self.lora.items():
+            for view, module in zip(self._towers[tower_name]._views, layers, strict=True):
+                weight = view.qkv_weight()
+                weight.add_(sign * module.delta_weight().to(weight.dtype))
+
+    def stages(self) -> list[Stage]:
+        if not self.config.merge:
+            return [Stage("train")]
+
+        def merge(ctx: StageContext) -> None:  # noqa: ARG001 - the method holds what it needs
+            self.merge()
+
+        return [
+            Stage("train"),
+            Stage("merge", "merge the low-rank updates into the frozen weights", train=False, prepare=merge),
+        ]
+
+    # ----- state --------------------------------------------------------------------------------
+    def method_state(self) -> dict[str, torch.Tensor]:
+        state = super().method_state()
+        state[MERGED_KEY] = torch.tensor(self._merged)
+        return state
+
+    def load_method_state(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        merged = bool(state.pop(MERGED_KEY, torch.tensor(False)))
+        self.unmerge()  # take the current updates out of the weights before replacing them
+        self.load_state_dict(state)
+        if merged:
+            self.merge()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "targets": list(parse_targets(self.config.targets)),
+            "scaling": self.scaling,
+            "merged": self._merged,
+        }

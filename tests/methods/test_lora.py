@@ -1,0 +1,202 @@
+"""LoRA: exact counts on the real architectures, B = 0 start, the update it adds, merging,
+what trains, training on the smoke suite, option errors."""
+
+import pytest
+import torch
+
+from petlbench.backbones import build_backbone
+from petlbench.backbones.classifier import ImageClassifier
+from petlbench.backbones.heads import LinearHead, TextClassifierHead
+from petlbench.benchmarks.datasets import load_task
+from petlbench.benchmarks.metrics import accuracy
+from petlbench.benchmarks.suites import load_suite
+from petlbench.errors import UserError
+from petlbench.harness.trainer import TrainConfig, Trainer, predict
+from petlbench.methods.lora import LoRA, LoRAConfig
+from petlbench.methods.registry import get_method
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two intra-op threads on a shared 2-core machine slow these tiny models down 10-50x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _attach(backbone, **cfg):
+    method = LoRA(LoRAConfig(**cfg))
+    method.attach(backbone)
+    return method
+
+
+def _clear(backbone):
+    for name in backbone.tower_names:
+        backbone.tower(name).clear_slots()
+
+
+def _randomise_b(method, std=0.05):
+    with torch.no_grad():
+        for layers in method.lora.values():
+            for module in layers:
+                for b in module.lora_B.values():
+                    b.normal_(0, std)
+
+
+def test_registered_under_its_name():
+    assert get_method("lora") is LoRA
+
+
+@pytest.mark.parametrize("targets", ["q,v", "qkv"])
+def test_rank8_on_vit_b16_is_294912(vit_b16, targets):
+    try:
+        m = _attach(vit_b16, rank=8, targets=targets)
+        assert m.num_trainable_parameters() == 294_912 == 12 * 8 * (768 + 2304)
+        assert all(s.qkv_delta is not None for s in vit_b16.tower("image").slots)
+    finally:
+        _clear(vit_b16)
+
+
+def test_counts_on_clip_b16_both_towers_and_qkv_targets(clip_b16):
+    try:
+        m = _attach(clip_b16, rank=8, tower="both")
+        assert m.num_trainable_parameters() == 294_912 + 12 * 2 * 2 * 8 * 512  # = 491,520
+        _clear(clip_b16)
+        m = _attach(clip_b16, rank=4, targets="q,k,v")
+        assert m.num_trainable_parameters() == 12 * 3 * 2 * 4 * 768  # 221,184
+    finally:
+        _clear(clip_b16)
+
+
+@pytest.mark.parametrize("backbone_name", ["tiny-vit", "tiny-clip"])
+@pytest.mark.parametrize("targets", ["q,v", "qkv"])
+def test_b_zero_equals_the_backbone_and_merge_keeps_outputs(backbone_name, targets):
+    b = build_backbone(backbone_name)
+    pixels = torch.rand(3, 3, 32, 32)
+    ids = b.tokenize(["a red circle", "two blue squares"]) if b.kind == "clip" else None
+    base = b.encode_image(pixels)
+    text_base = b.encode_text(ids) if ids is not None else None
+    weights = {k: v.clone() for k, v in b.state_dict().items()}
+    m = _attach(b, targets=targets, tower="both", alpha=16.0)
+    torch.testing.assert_close(b.encode_image(pixels), base, atol=1e-5, rtol=0)
+    if ids is not None:
+        torch.testing.assert_close(b.encode_text(ids), text_base, atol=1e-5, rtol=0)
+
+    _randomise_b(m)
+    adapted = b.encode_image(pixels)
+    text_adapted = b.encode_text(ids) if ids is not None else None
+    assert not torch.allclose(adapted, base, atol=1e-3)
+    m.merge()
+    assert m.merged and all(s.qkv_delta is None for t in b.tower_names for s in b.tower(t).slots)
+    torch.testing.assert_close(b.encode_image(pixels), adapted, atol=1e-5, rtol=1e-5)
+    if ids is not None:
+        torch.testing.assert_close(b.encode_text(ids), text_adapted, atol=1e-5, rtol=1e-5)
+    assert not b.tower("image").has_trainable_parameters()  # merged: the backbone runs alone
+    m.merge()  # idempotent
+    m.unmerge()
+    assert all(s.qkv_delta is not None for s in b.tower("image").slots)
+    torch.testing.assert_close(b.encode_image(pixels), adapted, atol=1e-5, rtol=1e-5)
+    for k, v in b.state_dict().items():
+        torch.testing.assert_close(v, weights[k], atol=1e-6, rtol=0)
+
+
+def test_update_is_scaling_b_a_on_the_chosen_projections_only():
+    b = build_backbone("tiny-vit")
+    m = _attach(b, rank=2, alpha=6.0, targets="q,v")
+    _randomise_b(m, 1.0)
+    module = m.lora["image"][0]
+    x = torch.randn(2, 5, 64)
+    delta = module(x)
+    q, k, v = delta.split(64, dim=-1)
+    A, B = module.lora_A["q"], module.lora_B["q"]
+    torch.testing.assert_close(q, 3.0 * (x @ A.T @ B.T))
+    assert torch.count_nonzero(k) == 0 and torch.count_nonzero(v) > 0
+    torch.testing.assert_close(delta, x @ module.delta_weight().T)
+    assert module.lora_A["q"].shape == (2, 64) and module.lora_B["q"].shape == (64, 2)
+
+
+def test_merged_flag_travels_with_the_state_and_merge_stage():
+    b = build_backbone("tiny-vit")
+    pixels = torch.rand(2, 3, 32, 32)
+    m = _attach(b, merge=True)
+    assert [s.name for s in m.stages()] == ["train", "merge"]
+    assert not m.stages()[1].train
+    _randomise_b(m)
+    expected = b.encode_image(pixels)
+    m.stages()[1].prepare(None)
+    state = m.method_state()
+    assert bool(state["merged"])
+
+    fresh = build_backbone("tiny-vit")
+    m2 = _attach(fresh, merge=True)
+    m2.load_method_state(state)  # e.g. a resumed run whose merge stage had finished
+    assert m2.merged
+    torch.testing.assert_close(fresh.encode_image(pixels), expected, atol=1e-5, rtol=1e-5)
+    assert [s.name for s in LoRA().stages()] == ["train"]
+
+
+def test_only_lora_parameters_require_grad():
+    b = build_backbone("tiny-clip")
+    m = _attach(b, tower="text")
+    assert not any(p.requires_grad for p in b.parameters())
+    assert {id(p) for p in m.trainable_parameters()} == {id(p) for p in m.parameters()}
+    assert m.num_trainable_parameters() == 2 * 2 * 2 * 8 * 64
+    assert b.tower("text").has_trainable_parameters() and not b.tower("image").has_trainable_parameters()
+
+
+SMOKE = load_suite("smoke")
+
+
+@pytest.fixture(scope="module")
+def colors():
+    return load_task(SMOKE.task("colors"), None)
+
+
+@pytest.mark.parametrize("backbone_name", ["tiny-vit", "tiny-clip"])
+def test_trains_on_the_smoke_suite_and_beats_its_untrained_state(colors, backbone_name):
+    torch.manual_seed(0)
+    b = build_backbone(backbone_name)
+    method = get_method("lora")({"targets": "q,k,v", "rank": 8})
+    method.attach(b)
+    if b.kind == "clip":
+        head = TextClassifierHead(b, colors.class_names, colors.templates)
+    else:
+        head = LinearHead(b.feature_dim, len(colors.class_names))
+    model = ImageClassifier(b, head, method)
+    val = colors.split("val")
+    before_acc = accuracy(predict(model, val, torch.device("cpu"), 256), val.labels)
+    frozen = {k: v.clone() for k, v in b.state_dict().items()}
+    trainer = Trainer(
+        model,
+        method,
+        TrainConfig(epochs=4, batch_size=32, lr=0.1, warmup_epochs=1, grad_clip=1.0, seed=0),
+        device=torch.device("cpu"),
+    )
+    result = trainer.fit(colors.split("train"))
+    after_acc = accuracy(predict(model, val, torch.device("cpu"), 256), val.labels)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert after_acc > before_acc + 10, (before_acc, after_acc)
+    assert all(torch.equal(frozen[k], v) for k, v in b.state_dict().items())
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in method.parameters()} | {
+        id(p) for p in head.parameters() if p.requires_grad
+    }
+
+
+def test_bad_options_are_user_errors():
+    with pytest.raises(UserError, match="rank must be at least 1"):
+        LoRA({"rank": 0})
+    with pytest.raises(UserError, match="alpha"):
+        LoRA({"alpha": -1})
+    with pytest.raises(UserError, match="targets must be a comma-separated subset of q, k, v"):
+        LoRA({"targets": "q,o"})
+    with pytest.raises(UserError, match="targets"):
+        LoRA({"targets": "qkv,q"})
+    with pytest.raises(UserError, match="dropout"):
+        LoRA({"dropout": 1.5})
+    with pytest.raises(UserError, match="tower"):
+        LoRA({"tower": "audio"})
+    with pytest.raises(UserError, match="has no text tower"):
+        LoRA({"tower": "image,text"}).attach(build_backbone("tiny-vit"))
+    assert LoRA({"rank": "4", "merge": "yes"}).config == LoRAConfig(rank=4, merge=True)

@@ -123,11 +123,11 @@ class TaskData:
                     f"{where}: split {split_name!r} has labels in [{lo}, {hi}] but only {n} class names "
                     f"(labels must be in 0..{n - 1}); check the class_names list or the label files"
                 )
-            if split_name == "train":
+            if split_name == self.meta.get("class_coverage_split", "train"):
                 counts = torch.bincount(labels, minlength=n)
                 empty = [self.class_names[i] for i in range(n) if counts[i] == 0]
                 if empty:
                     raise UserError(
-                        f"{where}: classes with no training examples: {empty}; "
+                        f"{where}: classes with no examples in split {split_name!r}: {empty}; "
                         "increase the training set size or drop those classes"
                     )

@@ -12,6 +12,8 @@ from typing import Any
 from petlbench.errors import UserError
 
 DEFAULT_STORE = Path("runs") / "petlbench.sqlite"
+DEFAULT_LEADERBOARD = Path("leaderboard")
+DEFAULT_RECORDS = DEFAULT_LEADERBOARD / "records"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -175,10 +177,56 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--fgsm-examples", type=int, default=500)
     sw.add_argument("--json", action="store_true", help="print one JSON line per finished run")
 
+    da = sub.add_parser("data", help="check a suite's datasets on disk, or say how to get them")
+    dsub = da.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    dc = dsub.add_parser("check", help="layout, split files, every image present and decodable, hashes")
+    dc.add_argument("--suite", required=True, help="a suite name or a path to a suite YAML")
+    dc.add_argument("--data-root", type=Path, required=True, help="folder holding the suite's datasets")
+    dc.add_argument("--tasks", help="a subset of the suite's tasks, comma-separated")
+    dc.add_argument(
+        "--manifest",
+        type=Path,
+        help="file-hash manifest to write / check (default: DATA_ROOT/petlbench-manifest.json)",
+    )
+    dc.add_argument("--no-manifest", action="store_true", help="do not hash files")
+    dc.add_argument("--no-decode", action="store_true", help="only check that files exist (fast)")
+    dc.add_argument("--json", action="store_true", help="print the result as JSON")
+    dp = dsub.add_parser("prepare", help="say what is missing and where to get it")
+    dp.add_argument("--suite", required=True)
+    dp.add_argument("--data-root", type=Path, required=True)
+    dp.add_argument("--tasks", help="a subset of the suite's tasks, comma-separated")
+
     lr = sub.add_parser("runs", help="list stored runs")
     lr.add_argument("--store", type=Path, default=DEFAULT_STORE)
     lr.add_argument("--method")
     lr.add_argument("--suite")
+
+    ex = sub.add_parser("export", help="export finished runs as JSON lines (the leaderboard's records)")
+    ex.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    ex.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_RECORDS,
+        help=f"records folder, one <suite>.jsonl per suite (default {DEFAULT_RECORDS})",
+    )
+    ex.add_argument("--replace", action="store_true", help="drop the records already in --out")
+    ex.add_argument("--include-failed", action="store_true", help="also export failed/unfinished runs")
+
+    lb = sub.add_parser("leaderboard", help="build or check the leaderboard from exported records")
+    lb_sub = lb.add_subparsers(dest="leaderboard_command", required=True, parser_class=_Parser)
+    for name, text in (
+        ("build", "build leaderboard.json, .md, index.html and the Pareto plot from the records"),
+        ("check", "rebuild from the records and fail (exit 1) if the committed files differ"),
+    ):
+        lc = lb_sub.add_parser(name, help=text)
+        lc.add_argument("--records", type=Path, default=DEFAULT_RECORDS, help=f"default {DEFAULT_RECORDS}")
+        lc.add_argument(
+            "--out" if name == "build" else "--dir",
+            dest="out",
+            type=Path,
+            default=DEFAULT_LEADERBOARD,
+            help=f"{'output' if name == 'build' else 'committed'} folder (default {DEFAULT_LEADERBOARD})",
+        )
     return p
 
 

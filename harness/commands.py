@@ -441,3 +441,139 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             f"[red]failed:[/] {d.spec.method} {d.spec.backbone} {d.spec.task} seed {d.spec.seed}: {d.error}"
         )
     return 1 if result.failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from petlbench.leaderboard.records import export_store
+
+    count, files = export_store(
+        args.store, args.out, include_failed=args.include_failed, replace=args.replace
+    )
+    print(f"exported {count} runs from {args.store}; wrote {', '.join(map(str, files)) or 'nothing'}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from petlbench.leaderboard.build import build, check
+
+    if args.leaderboard_command == "build":
+        doc = build(args.records, args.out)
+        print(
+            f"leaderboard: {len(doc['rows'])} rows, {len(doc['entries'])} entries from "
+            f"{doc['inputs']['used']} of {doc['inputs']['records']} records in {args.records} -> {args.out}"
+        )
+        return 0
+    differ = check(args.records, args.out)
+    if differ:
+        import sys
+
+        print(
+            f"leaderboard check failed: files in {args.out} differ from a rebuild of the records in "
+            f"{args.records}: {', '.join(differ)}; run `bench leaderboard build` and commit the result",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"leaderboard in {args.out} is up to date with the records in {args.records}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from petlbench.benchmarks.suites import load_suite
+
+    from . import data_check as dc
+
+    suite = load_suite(args.suite)
+    if not args.data_root.is_dir():
+        raise UserError(f"--data-root {args.data_root} is not a folder")
+    tasks = [suite.task(t) for t in _csv(args.tasks)] if args.tasks else list(suite.tasks)
+    if args.data_command == "prepare":
+        table = Table(title=f"data for suite {suite.name} under {args.data_root}")
+        for col in ("task", "loader", "status", "what to fetch (by hand: no downloads are made)"):
+            table.add_column(col, overflow="fold")
+        missing = 0
+        for task in tasks:
+            check = dc.check_task(task, args.data_root, None, decode=False)
+            if check.skipped:
+                table.add_row(task.name, task.loader, "[dim]generated[/]", "-")
+                continue
+            if check.ok:
+                table.add_row(task.name, task.loader, "[green]present[/]", "-")
+                continue
+            missing += 1
+            problem = check.error or f"{len(check.missing)} of {check.files} images missing"
+            table.add_row(task.name, task.loader, f"[red]missing[/]: {problem}", dc.how_to_get(task))
+        out.print(table)
+        if missing:
+            console.print(
+                f"{missing} task(s) need data; fetch them as listed (petlbench downloads nothing), then run "
+                f"`bench data check --suite {args.suite} --data-root {args.data_root}`"
+            )
+        return 1 if missing else 0
+
+    manifest_path = None if args.no_manifest else (args.manifest or args.data_root / dc.MANIFEST_NAME)
+    manifest = dc.read_manifest(manifest_path) if manifest_path is not None else None
+    known = len(manifest) if manifest is not None else 0
+    checks = []
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+    ) as progress:
+        bar = progress.add_task("checking", total=dc.count_files(suite, args.data_root, tasks))
+        for task in tasks:
+            progress.update(bar, description=f"checking {task.name}")
+            checks.append(
+                dc.check_task(
+                    task, args.data_root, manifest, not args.no_decode, lambda: progress.advance(bar)
+                )
+            )
+    if manifest_path is not None and manifest is not None and len(manifest) != known:
+        dc.write_manifest(manifest_path, manifest)
+    bad = [c for c in checks if not c.ok]
+    if args.json:
+        for c in checks:
+            row = {
+                "task": c.task,
+                "loader": c.loader,
+                "status": c.status,
+                "root": c.root,
+                "files": c.files,
+                "present": c.present,
+                "missing": [p for p, _ in c.missing],
+                "corrupt": [{"path": p, "reason": r} for p, r in c.corrupt],
+                "error": c.error,
+            }
+            print(json.dumps(row))
+        return 1 if bad else 0
+    table = Table(title=f"suite {suite.name} v{suite.version} under {args.data_root}")
+    for col in ("task", "loader", "images", "present", "missing", "corrupt", "status"):
+        table.add_column(col)
+    colour = {"ok": "green", "skipped": "dim", "problems": "red", "error": "red"}
+    for c in checks:
+        table.add_row(
+            c.task,
+            c.loader,
+            str(c.files),
+            str(c.present),
+            str(len(c.missing)),
+            str(len(c.corrupt)),
+            f"[{colour[c.status]}]{c.status}[/]",
+        )
+    out.print(table)
+    for c in bad:
+        if c.error:
+            out.print(f"[red]{c.task}[/]: {c.error}", highlight=False, soft_wrap=True)
+        for path, source in c.missing[:10]:
+            out.print(
+                f"[red]{c.task}[/]: missing {path} (listed in {source})", highlight=False, soft_wrap=True
+            )
+        for path, reason in c.corrupt[:10]:
+            out.print(f"[red]{c.task}[/]: corrupt {path}: {reason}", highlight=False, soft_wrap=True)
+        extra = max(0, len(c.missing) - 10) + max(0, len(c.corrupt) - 10)
+        if extra:
+            out.print(
+                f"{c.task}: {extra} more problem(s) (use --json for the full list)",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if manifest_path is not None and manifest is not None:
+        console.print(f"manifest {manifest_path}: {len(manifest)} files ({len(manifest) - known} new)")
+    return 1 if bad else 0

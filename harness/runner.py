@@ -23,14 +23,14 @@ from petlbench.backbones.heads import LinearHead, TextClassifierHead
 from petlbench.backbones.registry import backbone_entries, build_backbone
 from petlbench.benchmarks.data import TaskData, TensorImageDataset
 from petlbench.benchmarks.datasets import load_task
-from petlbench.benchmarks.fewshot import sample_few_shot
+from petlbench.benchmarks.fewshot import few_shot_splits
 from petlbench.benchmarks.metrics import get_metric
 from petlbench.benchmarks.suites import Protocol, Suite, TaskSpec
 from petlbench.errors import UserError
 from petlbench.methods.base import Method, StageContext
 from petlbench.methods.registry import get_method
 
-from .data import materialize, subset, to_pixels
+from .data import materialize, to_pixels
 from .flops import image_gmacs, text_gmacs_per_prompt
 from .memory import PeakMemory
 from .provenance import collect_provenance
@@ -295,10 +295,17 @@ class Runner:
         method_cls = type(method)
 
         size, interp = backbone.image_size, backbone.interpolation
-        train = materialize(data.split(protocol.train_split), size, interp)
-        if protocol.shots:
-            train = subset(train, sample_few_shot(train.labels.tolist(), protocol.shots, spec.seed))
-        selection = materialize(data.split(protocol.selection_split), size, interp)
+        # Few-shot picks are made on labels alone, so only the picked images are ever decoded.
+        # A search trial never trains on the split it is scored on: trainval (VTAB's train800val200)
+        # holds the selection split, so a search trains on train (train800) alone.
+        train_name = protocol.train_split
+        if spec.stage == "search" and train_name == "trainval" and protocol.selection_split == "val":
+            train_name = "train"
+        train_split, selection_split = few_shot_splits(
+            data, train_name, protocol.selection_split, protocol.shots, spec.seed
+        )
+        train = materialize(train_split, size, interp)
+        selection = materialize(selection_split, size, interp)
         # A search trial (stage "search") is scored on the selection split and never reads the
         # evaluation split: hyperparameters are chosen without seeing test data.
         searching = spec.stage == "search"
@@ -333,11 +340,24 @@ class Runner:
                 )
             trained["train"]["memory"] = train_peak.result()
             result.update(trained)
+        selection_score = score(selection)
+        # Base-to-new (CoCoOp): the model trained on the base classes is tested on new classes, with
+        # a head built for their names; only a CLIP text head can name classes it was not trained on.
+        eval_names = None if searching else data.meta.get("eval_class_names")
+        if eval_names:
+            eval_head = head_for(method, backbone, list(eval_names), list(task.templates))
+            if isinstance(eval_head, LinearHead):
+                raise UserError(
+                    f"task {task.name!r} tests on classes unseen in training: it needs a method with a "
+                    "text head on a CLIP backbone (a linear head cannot name new classes)"
+                )
+            model.head = eval_head.to(self.device)
+            num_classes = len(eval_names)
         with PeakMemory(self.device) as eval_peak:
             t0 = time.perf_counter()
             final_score = score(final)
             eval_time = time.perf_counter() - t0
-        metrics = {task.metric: final_score, selection_key: score(selection)}
+        metrics = {task.metric: final_score, selection_key: selection_score}
         result["parameters"] = count_parameters(method, head, backbone)
         result["eval"] = {
             "split": protocol.selection_split if searching else protocol.eval_split,

@@ -1,1 +1,3 @@
-"""."""
+"""The leaderboard: committed run records (``records/*.jsonl``, written by ``bench export``) ->
+``leaderboard.json`` (validated against ``schema.json``), ``leaderboard.md``, ``index.html`` and a Pareto
+plot, rebuilt by ``bench leaderboard build`` and verified by ``bench leaderboard check``."""

@@ -105,4 +105,4 @@ def load_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
 
 
 # Built-in loaders register on import.
-from . import digits, synthetic, world  # noqa: E402, F401
+from . import coop, digits, fgvc, imagefolder, synthetic, vtab1k, world  # noqa: E402, F401

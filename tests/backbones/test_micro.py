@@ -86,8 +86,17 @@ def test_pretraining_is_fixed_by_its_seed(tmp_path):
     a = pretrain("micro-vit", tmp_path / "a", steps=3, batch_size=16, seed=5)
     b = pretrain("micro-vit", tmp_path / "b", steps=3, batch_size=16, seed=5)
     c = pretrain("micro-vit", tmp_path / "c", steps=3, batch_size=16, seed=6)
-    assert a["sha256"] == b["sha256"] != c["sha256"]
-    assert a["metrics"]["final_loss"] == b["metrics"]["final_loss"]
+    # Bitwise equality is not promised on CPU: oneDNN/MKL may pick kernels by memory alignment, so
+    # two runs of one seed can differ in the last bits (seen on CI). Same seed: equal to float noise;
+    # another seed: a different network.
+    from safetensors.torch import load_file
+
+    wa, wb, wc = (load_file(str(tmp_path / d / "micro-vit.safetensors")) for d in "abc")
+    assert wa.keys() == wb.keys() == wc.keys()
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    assert max((wa[k] - wc[k]).abs().max().item() for k in wa) > 1e-2
+    assert a["metrics"]["final_loss"] == pytest.approx(b["metrics"]["final_loss"], rel=1e-5)
+    assert a["metrics"]["final_loss"] != pytest.approx(c["metrics"]["final_loss"], rel=1e-3)
 
 
 def test_unknown_pretrain_model_is_a_user_error(tmp_path):

@@ -1,0 +1,214 @@
+"""``bench data check`` and ``bench data prepare``: is a suite's data on disk, complete and intact?
+
+``check_suite`` lists every task through its loader's lister (layout and split files; labels known;
+no empty class), then checks every listed image: present, decodes with PIL (a truncated JPEG fails
+here), and, with a manifest, has the sha256 it had when the manifest was written. The manifest
+(``<data root>/petlbench-manifest.json``) maps paths relative to the data root to hashes and sizes;
+a first check writes it, later checks compare against it and add files it does not know.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from petlbench.benchmarks.datasets import loader_entry
+from petlbench.benchmarks.datasets._files import TaskListing, check_labels, get_lister
+from petlbench.benchmarks.suites import Suite, TaskSpec
+from petlbench.errors import UserError
+
+MANIFEST_NAME = "petlbench-manifest.json"
+MANIFEST_FORMAT = "petlbench.manifest/1"
+
+
+@dataclass
+class TaskCheck:
+    """What ``bench data check`` found for one task."""
+
+    task: str
+    loader: str
+    root: str = ""
+    files: int = 0
+    present: int = 0
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (path, split file naming it)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    error: str | None = None  # a layout / split-file problem: the task cannot be listed
+    skipped: str | None = None  # generated data: nothing on disk to check
+
+    @property
+    def ok(self) -> bool:
+        return self.skipped is not None or (self.error is None and not self.missing and not self.corrupt)
+
+    @property
+    def status(self) -> str:
+        if self.skipped is not None:
+            return "skipped"
+        if self.error is not None:
+            return "error"
+        return "ok" if self.ok else "problems"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _decodes(path: Path) -> str | None:
+    """None when PIL reads the whole image, else the reason it cannot."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as err:  # noqa: BLE001 - any failure to decode is what we report
+        return f"does not decode ({err.__class__.__name__}: {err})"
+    return None
+
+
+def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"manifest {path} cannot be read ({err}); delete it to write a fresh one") from None
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != MANIFEST_FORMAT
+        or not isinstance(data.get("files"), dict)
+    ):
+        raise UserError(
+            f"manifest {path} is not a petlbench manifest ({MANIFEST_FORMAT}); delete it or pass --manifest"
+        )
+    return data["files"]
+
+
+def write_manifest(path: Path, files: dict[str, dict[str, Any]]) -> None:
+    payload = {"format": MANIFEST_FORMAT, "files": dict(sorted(files.items()))}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def list_task(task: TaskSpec, data_root: Path) -> TaskListing | None:
+    """The task's listing, or None for a loader whose data is not on disk."""
+    lister = get_lister(task.loader)
+    if lister is None:
+        return None
+    entry = loader_entry(task.loader)
+    if entry.check_args is not None:
+        entry.check_args(task.args)
+    return lister(task, data_root)
+
+
+def check_task(
+    task: TaskSpec,
+    data_root: Path,
+    manifest: dict[str, dict[str, Any]] | None,
+    decode: bool = True,
+    on_file: Callable[[], None] | None = None,
+) -> TaskCheck:
+    result = TaskCheck(task.name, task.loader)
+    try:
+        listing = list_task(task, data_root)
+    except UserError as err:
+        result.error = str(err)
+        return result
+    if listing is None:
+        result.skipped = "generated data, nothing on disk"
+        return result
+    result.root = str(listing.root)
+    try:
+        check_labels(listing)
+    except UserError as err:
+        result.error = str(err)
+    data_root = Path(data_root).resolve()
+    seen: set[str] = set()
+    for split in listing.splits.values():
+        for rel in split.relpaths:
+            if rel in seen:
+                continue
+            seen.add(rel)
+            if on_file is not None:
+                on_file()
+            path = listing.root / rel
+            if not path.is_file():
+                result.missing.append((str(path), str(split.source)))
+                continue
+            result.present += 1
+            reason = _decodes(path) if decode else None
+            if reason is None and manifest is not None:
+                try:
+                    key = str(path.resolve().relative_to(data_root))
+                except ValueError:
+                    key = str(path.resolve())
+                digest = _sha256(path)
+                known = manifest.get(key)
+                if known is None:
+                    manifest[key] = {"sha256": digest, "size": path.stat().st_size}
+                elif known.get("sha256") != digest:
+                    reason = f"sha256 differs from the manifest ({known.get('sha256', '?')[:12]}...)"
+            if reason is not None:
+                result.corrupt.append((str(path), reason))
+    result.files = len(seen)
+    return result
+
+
+def count_files(suite: Suite, data_root: Path, tasks: Iterable[TaskSpec]) -> int:
+    total = 0
+    for task in tasks:
+        try:
+            listing = list_task(task, data_root)
+        except UserError:
+            continue
+        if listing is not None:
+            total += len({rel for s in listing.splits.values() for rel in s.relpaths})
+    return total
+
+
+# ----- prepare --------------------------------------------------------------------------------------
+
+COOP_DOCS = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
+SOURCES: dict[str, str] = {
+    "ImageNet": "ILSVRC-2012 train + val from https://image-net.org (login); classnames.txt from "
+    + COOP_DOCS,
+    "Caltech101": "101_ObjectCategories from https://data.caltech.edu/records/mzrjq-6wc02; split json: "
+    + COOP_DOCS,
+    "OxfordPets": "images.tar.gz + annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/; "
+    "split json: " + COOP_DOCS,
+    "StanfordCars": "cars_train, cars_test, devkit (the original Stanford site is gone; mirrors are "
+    "listed in the CoOp issues); split json: " + COOP_DOCS,
+    "OxfordFlowers": "102flowers.tgz, imagelabels.mat from "
+    "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/; cat_to_name.json + split json: " + COOP_DOCS,
+    "Food101": "food-101.tar.gz from https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/; "
+    "split json: " + COOP_DOCS,
+    "FGVCAircraft": "fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ "
+    "(use its data/ folder as fgvc_aircraft/)",
+    "SUN397": "SUN397.tar.gz from https://vision.princeton.edu/projects/2010/SUN/; split json: " + COOP_DOCS,
+    "DescribableTextures": "dtd-r1.0.1.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/dtd/; split json: "
+    + COOP_DOCS,
+    "EuroSAT": "EuroSAT.zip (RGB, folder 2750/) from https://github.com/phelber/EuroSAT; split json: "
+    + COOP_DOCS,
+    "UCF101": "UCF-101-midframes.zip (middle frames) + split json from " + COOP_DOCS,
+}
+LOADER_SOURCES = {
+    "vtab1k": "export the task with NOAH's data/vtab-source/get_vtab1k.py "
+    "(TFDS versions: KMnP/vpt VTAB_SETUP.md)",
+    "fgvc": "the images from each dataset's site and VPT's {train,val,test}.json "
+    "(links in KMnP/vpt's README)",
+    "imagefolder": "a <split>/<class>/<image> folder tree",
+    "hf": "a HuggingFace dataset: set HF_HUB_OFFLINE=0 with a network, or save it locally and give 'path'",
+}
+
+
+def how_to_get(task: TaskSpec) -> str:
+    if task.loader == "coop":
+        return SOURCES.get(str(task.args.get("dataset")), COOP_DOCS)
+    return LOADER_SOURCES.get(task.loader, "see the loader's documentation")

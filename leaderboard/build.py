@@ -1,0 +1,641 @@
+"""Records -> the leaderboard document (``leaderboard.json``), validated against ``schema.json``.
+
+Aggregation, in order:
+
+* **cell** = every spec field but the seed (suite and its version, method and its config, backbone, task,
+  protocol, stage, measurement options). Over a cell's seeds: mean, *sample* standard deviation
+  (``statistics.stdev``, n - 1 in the denominator; 0 when n = 1) and n. One row per cell.
+* **entry** = (suite, suite version, method, method config, backbone, backbone pretrained or not). When
+  an entry has more than one cell for a task (e.g. two learning rates), the cell with the best mean
+  *selection* score (``selection_<metric>``, measured on the protocol's selection split) is the one
+  averaged; never the test score. Ties go to more seeds, then the smaller cell id.
+* **suite / group averages** = the mean over tasks of the chosen cells' means (macro average), with the
+  suite's own task groups (``group`` in the suite file). A suite with groups named ``base`` and ``new``
+  also gets the base-to-new harmonic mean of those two group averages (CoCoOp's HM); a suite with
+  groups also gets the mean of its group averages (VTAB-style), once every group has results. The std of an
+  average is the sample std, over the seeds every chosen cell has, of the per-seed averages (null when
+  fewer than two such seeds).
+
+Only finished, final-stage runs count (search trials of ``bench sweep`` are kept in the records as
+provenance, but are not results). Every float is rounded to 6 significant digits, keys are sorted and
+nothing depends on the clock, so building twice from the same records gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from petlbench.errors import UserError
+
+HERE = Path(__file__).resolve().parent
+SCHEMA_PATH = HERE / "schema.json"
+REPORTED_PATH = HERE / "reported.yaml"
+SCHEMA_VERSION = "1.0"
+SIGNIFICANT = 6
+
+CONVENTIONS = {
+    "aggregation": "per cell (every spec field but the seed): mean over seeds; suite and group averages are "
+    "the mean over tasks of the chosen cells' means (macro average)",
+    "std": "sample standard deviation over seeds (statistics.stdev, n - 1 denominator); 0 when n = 1",
+    "selection": "when an entry has several cells for one task, the one with the best mean selection-split "
+    "score is averaged (never the test score); ties: more seeds, then the smaller cell id",
+    "base_new_hm": "2 * base * new / (base + new) of the 'base' and 'new' group averages, when a suite "
+    "has both",
+    "metric_scale": "percent (0-100)",
+    "parameters": "trainable parameters the method owns (method) and with the task head (with_head); "
+    "percent_of_backbone = method / denominator * 100, denominator named per row",
+    "gmacs": "image-tower GMACs per image at the task resolution, batch 1 (fvcore, 1 MAC = 1 'flop'; every "
+    "linear, conv and attention matmul counted)",
+    "speed_memory": "mean over seeds of the recorded train/eval images per second and peak memory "
+    "(CUDA max allocated on GPU, peak RSS on CPU), with device and dtype; hardware-dependent",
+    "robustness": "FGSM (adversarial-robustness-toolbox), pixel-space L-inf epsilons, normalisation inside "
+    "the model; robust accuracy averaged over the seeds that measured the same epsilon grid",
+    "rounding": f"floats rounded to {SIGNIFICANT} significant digits",
+}
+
+
+# ----- small helpers ------------------------------------------------------------------------------
+
+
+EXACT_KEYS = frozenset({"spec", "method_config"})  # kept exactly as recorded (they identify runs)
+
+
+def rnd(value: Any) -> Any:
+    """Round floats (recursively) to ``SIGNIFICANT`` significant digits; ints, strings, None unchanged.
+    Values under the keys in ``EXACT_KEYS`` are kept as they are."""
+    if isinstance(value, bool) or value is None or isinstance(value, int | str):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return None
+        out = float(f"{value:.{SIGNIFICANT}g}")
+        return 0.0 if out == 0 else out
+    if isinstance(value, dict):
+        return {str(k): v if k in EXACT_KEYS else rnd(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rnd(v) for v in value]
+    return value
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample std, n); std is 0 for a single value. Raises on no values."""
+    if not values:
+        raise ValueError("mean_std of no values")
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std, len(values)
+
+
+def short_hash(obj: Any, length: int = 8) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _get(d: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _mean_of(values: Iterable[Any]) -> float | int | None:
+    """Mean of the numbers among ``values``; an int when they are all the same int (parameter counts)."""
+    nums = [v for v in values if _number(v) is not None]
+    if not nums:
+        return None
+    if all(isinstance(v, int) for v in nums) and len(set(nums)) == 1:
+        return nums[0]
+    return statistics.fmean(float(v) for v in nums)
+
+
+def _one(values: Iterable[Any]) -> Any:
+    """The common value, or None when absent or they disagree."""
+    seen = {json.dumps(v, sort_keys=True) for v in values if v is not None}
+    return json.loads(seen.pop()) if len(seen) == 1 else None
+
+
+# ----- suites -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SuiteInfo:
+    name: str
+    version: str
+    tasks: tuple[str, ...]
+    groups: dict[str, str | None]
+    found: bool
+    note: str | None = None
+    suite: Any = None
+
+
+@cache
+def _load_suite(name: str) -> Any:
+    from petlbench.benchmarks.suites import load_suite
+
+    return load_suite(name)
+
+
+def suite_info(name: str, version: str, tasks_seen: Sequence[str]) -> SuiteInfo:
+    """The suite's task list and groups, when the installed suite of that name has the same version."""
+    try:
+        suite = _load_suite(name)
+    except (UserError, OSError) as err:
+        note = f"suite {name!r} is not installed ({err}); tasks are ungrouped"
+        return SuiteInfo(name, version, tuple(sorted(tasks_seen)), dict.fromkeys(tasks_seen), False, note)
+    if str(suite.version) != str(version):
+        note = (
+            f"suite {name!r}: records are version {version}, the installed suite is version "
+            f"{suite.version}; tasks are ungrouped"
+        )
+        return SuiteInfo(name, version, tuple(sorted(tasks_seen)), dict.fromkeys(tasks_seen), False, note)
+    return SuiteInfo(
+        name, version, tuple(suite.task_names), {t.name: t.group for t in suite.tasks}, True, None, suite
+    )
+
+
+# ----- reproduce command --------------------------------------------------------------------------
+
+
+def _cli_value(value: Any) -> str:
+    """A value as `bench run --set` reads it back (JSON when it parses, else the raw string)."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        return json.dumps(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _eps_text(eps: float) -> str:
+    k = eps * 255
+    if abs(k - round(k)) < 1e-9 and round(k) != 0:
+        return f"{round(k)}/255"
+    return repr(eps)
+
+
+def reproduce_command(spec: dict[str, Any], seeds: Sequence[int], info: SuiteInfo) -> str:
+    """The ``bench run`` command that recreates these specs (same run ids) for these seeds."""
+    parts = [
+        "bench",
+        "run",
+        "--method",
+        spec["method"],
+        "--suite",
+        spec["suite"],
+        "--backbone",
+        spec["backbone"],
+        "--tasks",
+        spec["task"],
+        "--seeds",
+        ",".join(str(s) for s in sorted(seeds)),
+    ]
+    for key, value in sorted((spec.get("method_config") or {}).items()):
+        parts += ["--set", f"{key}={_cli_value(value)}"]
+    protocol = dict(spec.get("protocol") or {})
+    pretrained = protocol.pop("backbone_pretrained", True)
+    base: dict[str, Any] = {}
+    if info.found:
+        try:
+            base = info.suite.protocol_for(info.suite.task(spec["task"]), spec["method"]).to_dict()
+        except UserError:
+            base = {}
+    for key, value in sorted(protocol.items()):
+        if key not in base or base[key] != value:
+            parts += ["--protocol", f"{key}={_cli_value(value)}"]
+    if not pretrained:
+        parts.append("--random-init")
+    fgsm = _get(spec, "measure", "fgsm")
+    if not fgsm:
+        parts.append("--no-fgsm")
+    else:
+        eps = fgsm.get("epsilons") or []
+        parts += ["--fgsm-eps", ",".join(_eps_text(float(e)) for e in eps)]
+        if fgsm.get("max_examples") is not None:
+            parts += ["--fgsm-examples", str(fgsm["max_examples"])]
+    return shlex.join(parts)
+
+
+# ----- cells --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    spec: dict[str, Any]  # the spec without its seed
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def cell_id(self) -> str:
+        return short_hash(self.spec, 12)
+
+    @property
+    def metric(self) -> str:
+        return _one(_get(r, "result", "metric") for r in self.records) or "accuracy"
+
+    def values(self, key: str) -> list[tuple[int, float]]:
+        out = []
+        for r in self.records:
+            v = _number((r.get("metrics") or {}).get(key))
+            if v is not None:
+                out.append((int(r["spec"]["seed"]), v))
+        return sorted(out)
+
+
+def entry_key(spec: dict[str, Any]) -> tuple[str, ...]:
+    pretrained = bool((spec.get("protocol") or {}).get("backbone_pretrained", True))
+    return (
+        spec["suite"],
+        str(spec["suite_version"]),
+        spec["method"],
+        short_hash(spec.get("method_config") or {}),
+        spec["backbone"],
+        "pretrained" if pretrained else "random-init",
+    )
+
+
+def _efficiency(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    res = [r.get("result") or {} for r in records]
+    return {
+        "trainable_params_method": _mean_of(_get(r, "parameters", "method") for r in res),
+        "trainable_params_with_head": _mean_of(_get(r, "parameters", "with_head") for r in res),
+        "head_params": _mean_of(_get(r, "parameters", "head") for r in res),
+        "percent_of_backbone": _mean_of(_get(r, "parameters", "percent_of_backbone") for r in res),
+        "denominator": _one(_get(r, "parameters", "denominator") for r in res),
+        "backbone_params": _mean_of(_get(r, "parameters", "backbone_total") for r in res),
+        "percent_of_backbone_without_token_embedding": _mean_of(
+            _get(r, "parameters", "percent_of_backbone_without_token_embedding") for r in res
+        ),
+        "image_gmacs": _mean_of(_get(r, "cost", "image_gmacs") for r in res),
+        "text_gmacs_per_prompt": _mean_of(_get(r, "cost", "text_gmacs_per_prompt") for r in res),
+        "train_images_per_s": _mean_of(_get(r, "train", "images_per_second") for r in res),
+        "eval_images_per_s": _mean_of(_get(r, "eval", "images_per_second") for r in res),
+        "seconds_per_epoch": _mean_of(_get(r, "train", "seconds_per_epoch") for r in res),
+        "train_peak_memory_mib": _mean_of(_get(r, "train", "memory", "peak_mib") for r in res),
+        "memory_kind": _one(_get(r, "train", "memory", "kind") for r in res),
+        "device": _one(_get(r, "train", "device") for r in res),
+        "dtype": _one(_get(r, "train", "dtype") for r in res),
+    }
+
+
+def _robustness(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    measured = [_get(r, "result", "robustness", "fgsm") for r in records]
+    measured = [m for m in measured if isinstance(m, dict) and m.get("eps")]
+    if not measured:
+        return None
+    grid = measured[0]["eps"]
+    same = [m for m in measured if m["eps"] == grid and len(m.get("accuracy") or []) == len(grid)]
+    accuracy = [statistics.fmean(m["accuracy"][i] for m in same) for i in range(len(grid))]
+    clean = [m["clean"] for m in same if _number(m.get("clean")) is not None]
+    return {
+        "eps": list(grid),
+        "eps_x255": [e * 255 for e in grid],
+        "accuracy": accuracy,
+        "clean": statistics.fmean(clean) if clean else None,
+        "n": len(same),
+    }
+
+
+def _row(cell: Cell, info: SuiteInfo) -> dict[str, Any]:
+    metric = cell.metric
+    values = cell.values(metric)
+    mean, std, n = mean_std([v for _, v in values]) if values else (None, None, 0)
+    selection = [v for _, v in cell.values(f"selection_{metric}")]
+    seeds = sorted(int(r["spec"]["seed"]) for r in cell.records)
+    spec = cell.spec
+    return {
+        "cell_id": cell.cell_id,
+        "entry_id": short_hash(entry_key(spec), 12),
+        "suite": spec["suite"],
+        "suite_version": str(spec["suite_version"]),
+        "method": spec["method"],
+        "method_config": spec.get("method_config") or {},
+        "config_id": short_hash(spec.get("method_config") or {}),
+        "backbone": spec["backbone"],
+        "backbone_pretrained": bool((spec.get("protocol") or {}).get("backbone_pretrained", True)),
+        "task": spec["task"],
+        "group": info.groups.get(spec["task"]),
+        "metric": metric,
+        "mean": mean,
+        "std": std,
+        "n": n,
+        "values": [{"seed": s, "value": v} for s, v in values],
+        "selection_mean": statistics.fmean(selection) if selection else None,
+        "selected": False,
+        "efficiency": _efficiency(cell.records),
+        "fgsm": _robustness(cell.records),
+        "spec": spec,
+        "runs": [
+            {"run_id": r["run_id"], "seed": int(r["spec"]["seed"])}
+            for r in sorted(cell.records, key=lambda r: (int(r["spec"]["seed"]), r["run_id"]))
+        ],
+        "reproduce": reproduce_command(spec, seeds, info),
+    }
+
+
+def _average(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Macro average over tasks of the rows' means, and its std over the seeds all rows share."""
+    means = [r["mean"] for r in rows if r["mean"] is not None]
+    common: set[int] | None = None
+    for r in rows:
+        seeds = {v["seed"] for v in r["values"]}
+        common = seeds if common is None else common & seeds
+    per_seed = []
+    for seed in sorted(common or ()):
+        per_seed.append(
+            statistics.fmean(next(v["value"] for v in r["values"] if v["seed"] == seed) for r in rows)
+        )
+    return {
+        "mean": statistics.fmean(means) if means else None,
+        "std": statistics.stdev(per_seed) if len(per_seed) > 1 else None,
+        "n_seeds": len(per_seed),
+        "n_tasks": len(means),
+    }
+
+
+def _entries(rows: list[dict[str, Any]], infos: dict[tuple[str, str], SuiteInfo]) -> list[dict[str, Any]]:
+    by_entry: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_entry[row["entry_id"]].append(row)
+    entries = []
+    for entry_id, items in sorted(by_entry.items()):
+        first = items[0]
+        info = infos[(first["suite"], first["suite_version"])]
+        chosen: dict[str, dict[str, Any]] = {}
+        for task in sorted({r["task"] for r in items}):
+            candidates = [r for r in items if r["task"] == task and r["mean"] is not None]
+            if not candidates:
+                continue
+            best = sorted(
+                candidates,
+                key=lambda r: (
+                    -(r["selection_mean"] if r["selection_mean"] is not None else float("-inf")),
+                    -r["n"],
+                    r["cell_id"],
+                ),
+            )[0]
+            best["selected"] = True
+            chosen[task] = best
+        order = [t for t in info.tasks if t in chosen] + sorted(t for t in chosen if t not in info.tasks)
+        picked = [chosen[t] for t in order]
+        groups = []
+        group_names: list[str] = []
+        for t in info.tasks:
+            g = info.groups.get(t)
+            if g is not None and g not in group_names:
+                group_names.append(g)
+        for g in group_names:
+            members = [t for t in info.tasks if info.groups.get(t) == g]
+            present = [chosen[t] for t in members if t in chosen]
+            avg = _average(present) if present else {"mean": None, "std": None, "n_seeds": 0, "n_tasks": 0}
+            groups.append({"group": g, "tasks": members, "complete": len(present) == len(members), **avg})
+        means = {g["group"]: g["mean"] for g in groups}
+        of_groups = statistics.fmean(means.values()) if means and None not in means.values() else None
+        base, new = means.get("base"), means.get("new")
+        hm = (
+            2 * base * new / (base + new) if base is not None and new is not None and base + new > 0 else None
+        )
+        effs = [r["efficiency"] for r in picked]
+        fgsm = [r["fgsm"] for r in picked if r["fgsm"]]
+        grid = fgsm[0]["eps"] if fgsm else None
+        same = [f for f in fgsm if f["eps"] == grid]
+        entries.append(
+            {
+                "entry_id": entry_id,
+                "suite": first["suite"],
+                "suite_version": first["suite_version"],
+                "method": first["method"],
+                "method_config": first["method_config"],
+                "config_id": first["config_id"],
+                "backbone": first["backbone"],
+                "backbone_pretrained": first["backbone_pretrained"],
+                "label": first["method"],
+                "tasks": order,
+                "missing_tasks": [t for t in info.tasks if t not in chosen],
+                "complete": all(t in chosen for t in info.tasks),
+                "average": _average(picked)
+                if picked
+                else {"mean": None, "std": None, "n_seeds": 0, "n_tasks": 0},
+                "groups": groups,
+                "base_new_hm": hm,
+                "average_of_groups": of_groups,
+                "cells": [chosen[t]["cell_id"] for t in order],
+                "efficiency": {
+                    "trainable_params_method": _mean_of(e["trainable_params_method"] for e in effs),
+                    "trainable_params_with_head": _mean_of(e["trainable_params_with_head"] for e in effs),
+                    "percent_of_backbone": _mean_of(e["percent_of_backbone"] for e in effs),
+                    "denominator": _one(e["denominator"] for e in effs),
+                    "image_gmacs": _mean_of(e["image_gmacs"] for e in effs),
+                    "train_images_per_s": _mean_of(e["train_images_per_s"] for e in effs),
+                    "train_peak_memory_mib": _mean_of(e["train_peak_memory_mib"] for e in effs),
+                },
+                "fgsm": None
+                if not same
+                else {
+                    "eps": grid,
+                    "eps_x255": [e * 255 for e in grid],
+                    "accuracy": [statistics.fmean(f["accuracy"][i] for f in same) for i in range(len(grid))],
+                    "n_tasks": len(same),
+                },
+            }
+        )
+    # A method with several configs in one (suite, backbone) is labelled method#config_id.
+    counts: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    for e in entries:
+        counts[(e["suite"], e["backbone"], e["method"])].add(e["config_id"] + str(e["backbone_pretrained"]))
+    for e in entries:
+        if len(counts[(e["suite"], e["backbone"], e["method"])]) > 1:
+            e["label"] = f"{e['method']}#{e['config_id']}" + ("" if e["backbone_pretrained"] else " (random)")
+    entries.sort(key=lambda e: (e["suite"], e["suite_version"], e["backbone"], e["label"], e["entry_id"]))
+    return entries
+
+
+# ----- reported -----------------------------------------------------------------------------------
+
+
+def load_reported(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """The papers' reported numbers (``reported.yaml``), sorted by (method, setting)."""
+    path = Path(path) if path is not None else REPORTED_PATH
+    if not path.exists():
+        return []
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    items = data.get("reported", []) if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise UserError(f"{path}: expected a mapping with a 'reported' list")
+    rows = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not item.get("method") or not item.get("source"):
+            raise UserError(f"{path}: reported[{i}] needs at least 'method' and 'source'")
+        rows.append({"kind": "reported", **item})
+    return sorted(
+        rows, key=lambda r: (str(r["method"]), str(r.get("setting", "")), str(r.get("backbone", "")))
+    )
+
+
+# ----- build --------------------------------------------------------------------------------------
+
+
+def build_leaderboard(
+    records: Iterable[dict[str, Any]], reported: Sequence[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The leaderboard document for ``records`` (``RunRecord.to_dict()`` dicts)."""
+    records = list(records)
+    used = [
+        r
+        for r in records
+        if r.get("status", "finished") == "finished" and r["spec"].get("stage", "final") == "final"
+    ]
+    cells: dict[str, Cell] = {}
+    for r in used:
+        spec = {k: v for k, v in r["spec"].items() if k != "seed"}
+        spec.setdefault("stage", "final")
+        spec.setdefault("measure", {})
+        cell = Cell(spec)
+        cells.setdefault(cell.cell_id, cell).records.append(r)
+    tasks_by_suite: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for cell in cells.values():
+        tasks_by_suite[(cell.spec["suite"], str(cell.spec["suite_version"]))].add(cell.spec["task"])
+    infos = {key: suite_info(key[0], key[1], sorted(tasks)) for key, tasks in sorted(tasks_by_suite.items())}
+    rows = [_row(c, infos[(c.spec["suite"], str(c.spec["suite_version"]))]) for c in cells.values()]
+    entries = _entries(rows, infos)
+    labels = {e["entry_id"]: e["label"] for e in entries}
+    for row in rows:
+        row["label"] = labels[row["entry_id"]]
+    order = {key: {t: i for i, t in enumerate(info.tasks)} for key, info in infos.items()}
+    rows.sort(
+        key=lambda r: (
+            r["suite"],
+            r["suite_version"],
+            order[(r["suite"], r["suite_version"])].get(r["task"], 10**6),
+            r["task"],
+            r["backbone"],
+            r["label"],
+            r["cell_id"],
+        )
+    )
+    suites = [
+        {
+            "suite": info.name,
+            "suite_version": info.version,
+            "tasks": list(info.tasks),
+            "groups": {t: g for t, g in info.groups.items() if t in info.tasks},
+            "installed": info.found,
+        }
+        for info in infos.values()
+    ]
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "generator": "petlbench.leaderboard.build",
+        "conventions": CONVENTIONS,
+        "inputs": {
+            "records": len(records),
+            "used": len(used),
+            "skipped_not_final_or_unfinished": len(records) - len(used),
+            "records_sha256": hashlib.sha256(
+                "".join(sorted(r["run_id"] for r in records)).encode()
+            ).hexdigest(),
+        },
+        "notes": sorted(info.note for info in infos.values() if info.note),
+        "suites": suites,
+        "entries": entries,
+        "rows": rows,
+        "reported": list(reported or []),
+    }
+    return rnd(doc)
+
+
+def load_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def validate(doc: dict[str, Any]) -> None:
+    """Raise ``UserError`` naming the first few schema violations of ``doc``."""
+    try:
+        import jsonschema
+    except ImportError:  # pragma: no cover - jsonschema is a dependency
+        raise UserError("validating the leaderboard needs jsonschema: pip install jsonschema") from None
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors[:5]]
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise UserError("leaderboard.json does not match leaderboard/schema.json: " + "; ".join(lines) + more)
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False) + "\n"
+
+
+OUTPUTS = ("leaderboard.json", "leaderboard.md", "index.html", "pareto.svg", "pareto.png")
+
+
+def render_all(doc: dict[str, Any]) -> dict[str, bytes]:
+    """Every output file's name and bytes."""
+    from .render import render_html, render_markdown, render_pareto
+
+    plots = render_pareto(doc)
+    return {
+        "leaderboard.json": dumps(doc).encode(),
+        "leaderboard.md": render_markdown(doc).encode(),
+        "index.html": render_html(doc, plots["pareto.svg"]).encode(),
+        **plots,
+    }
+
+
+def build(
+    records_dir: str | Path, out_dir: str | Path, reported_path: str | Path | None = None
+) -> dict[str, Any]:
+    """Build and validate the leaderboard from ``records_dir`` and write every output into ``out_dir``."""
+    from .records import load_records
+
+    doc = build_leaderboard(load_records(records_dir), load_reported(reported_path))
+    validate(doc)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in render_all(doc).items():
+        (out / name).write_bytes(data)
+    return doc
+
+
+def check(
+    records_dir: str | Path, committed_dir: str | Path, reported_path: str | Path | None = None
+) -> list[str]:
+    """Rebuild from the records and compare with the committed files. Returns the names that differ or
+    are missing (empty: up to date). Schema errors (of the rebuilt or the committed JSON) raise."""
+    import tempfile
+
+    committed = Path(committed_dir)
+    with tempfile.TemporaryDirectory(prefix="petlbench-leaderboard-") as tmp:
+        build(records_dir, tmp, reported_path)
+        differ = []
+        for name in OUTPUTS:
+            fresh = (Path(tmp) / name).read_bytes()
+            path = committed / name
+            if not path.exists():
+                differ.append(f"{name} (missing)")
+            elif path.read_bytes() != fresh:
+                differ.append(name)
+    json_path = committed / "leaderboard.json"
+    if json_path.exists():
+        try:
+            committed_doc = json.loads(json_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{json_path} is not valid JSON ({err.msg})") from None
+        validate(committed_doc)
+    return differ

@@ -1,0 +1,451 @@
+"""The leaderboard: records -> leaderboard.json (schema-valid), aggregation over seeds, views, the
+`bench export` / `bench leaderboard build|check` commands, determinism of every output file."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import shlex
+import shutil
+import statistics
+
+import pytest
+
+from petlbench.harness.cli import main
+from petlbench.harness.spec import RunSpec
+from petlbench.harness.store import Store
+from petlbench.leaderboard.build import (
+    OUTPUTS,
+    build,
+    build_leaderboard,
+    check,
+    load_reported,
+    mean_std,
+    validate,
+)
+from petlbench.leaderboard.records import export_store, load_records, record_line, write_records
+from petlbench.leaderboard.render import pareto_front, render_html
+
+PROTOCOL = {
+    "backbone_pretrained": True,
+    "batch_size": 32,
+    "epochs": 30,
+    "eval_batch_size": 256,
+    "eval_split": "test",
+    "grad_clip": 1.0,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "optimizer": "sgd",
+    "selection_split": "val",
+    "shots": None,
+    "train_split": "train",
+    "warmup_epochs": 1.0,
+    "weight_decay": 0.0001,
+}
+CONFIG = {
+    "deep": False,
+    "depth": None,
+    "dropout": 0.0,
+    "num_tokens": 5,
+    "text_tokens": None,
+    "tower": "image",
+}
+FGSM = {"epsilons": [1 / 255, 2 / 255, 4 / 255, 8 / 255], "max_examples": 500}
+
+
+def make_record(
+    task: str,
+    seed: int,
+    accuracy: float,
+    *,
+    method: str = "vpt",
+    backbone: str = "tiny-vit",
+    selection: float | None = None,
+    protocol: dict | None = None,
+    config: dict | None = None,
+    stage: str = "final",
+    status: str = "finished",
+    fgsm: list[float] | None = None,
+) -> dict:
+    spec = RunSpec(
+        method=method,
+        method_config=dict(CONFIG if config is None else config),
+        backbone=backbone,
+        suite="smoke",
+        suite_version="2",
+        task=task,
+        protocol={**PROTOCOL, **(protocol or {})},
+        seed=seed,
+        stage=stage,
+        measure={"fgsm": FGSM},
+    )
+    result = {
+        "metric": "accuracy",
+        "parameters": {
+            "method": 320,
+            "head": 390,
+            "with_head": 710,
+            "percent_of_backbone": 0.25,
+            "denominator": "all backbone parameters",
+            "backbone_total": 128000,
+        },
+        "cost": {"image_gmacs": 0.0025, "unit": "GMACs"},
+        "train": {
+            "images_per_second": 300.0 + seed,
+            "device": "cpu",
+            "dtype": "float32",
+            "memory": {"kind": "peak RSS", "peak_mib": 800.0},
+        },
+        "eval": {"images_per_second": 2000.0},
+    }
+    if fgsm is not None:
+        result["robustness"] = {"fgsm": {"eps": FGSM["epsilons"], "accuracy": fgsm, "clean": accuracy}}
+    return {
+        "run_id": spec.run_id,
+        "spec": spec.to_dict(),
+        "status": status,
+        "metrics": {"accuracy": accuracy, "selection_accuracy": accuracy if selection is None else selection},
+        "result": result,
+        "provenance": {"git": {"commit": "0" * 40, "dirty": False}},
+        "error": None,
+        "attempts": 1,
+        "wall_time_s": 1.0,
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "finished_at": "2026-01-01T00:00:01+00:00",
+    }
+
+
+def sample_records() -> list[dict]:
+    return [
+        make_record("colors", 1, 40.0, fgsm=[30.0, 20.0, 10.0, 5.0]),
+        make_record("colors", 2, 50.0, fgsm=[32.0, 22.0, 12.0, 7.0]),
+        make_record("colors", 3, 60.0, fgsm=[34.0, 24.0, 14.0, 9.0]),
+        make_record("shapes", 1, 70.0),
+        make_record("shapes", 2, 80.0),
+        make_record("shapes", 3, 90.0),
+        make_record("position", 1, 33.0),
+        make_record("colors", 1, 10.0, method="linear", config={}),
+        # not results: a search trial and a failed run
+        make_record("colors", 1, 99.0, stage="search"),
+        make_record("shapes", 4, 0.0, status="failed"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict:
+    return build_leaderboard(sample_records(), load_reported())
+
+
+def _row(doc: dict, task: str, method: str = "vpt") -> dict:
+    (row,) = [r for r in doc["rows"] if r["task"] == task and r["method"] == method]
+    return row
+
+
+def _entry(doc: dict, method: str = "vpt") -> dict:
+    (entry,) = [e for e in doc["entries"] if e["method"] == method]
+    return entry
+
+
+# ----- aggregation --------------------------------------------------------------------------------
+
+
+def test_mean_std_n_over_seeds_on_hand_made_records(doc):
+    colors = _row(doc, "colors")
+    assert (colors["mean"], colors["std"], colors["n"]) == (50.0, 10.0, 3)  # sample std: n - 1
+    assert [v["seed"] for v in colors["values"]] == [1, 2, 3]
+    assert [r["seed"] for r in colors["runs"]] == [1, 2, 3]
+    shapes = _row(doc, "shapes")
+    assert (shapes["mean"], shapes["std"], shapes["n"]) == (80.0, 10.0, 3)  # the failed seed 4 is not used
+    position = _row(doc, "position")
+    assert (position["mean"], position["std"], position["n"]) == (33.0, 0.0, 1)  # n = 1: std 0
+    assert mean_std([1.0, 2.0, 4.0]) == (statistics.fmean([1, 2, 4]), statistics.stdev([1, 2, 4]), 3)
+    assert "n - 1" in doc["conventions"]["std"]
+    assert doc["inputs"] == {
+        "records": 10,
+        "used": 8,
+        "skipped_not_final_or_unfinished": 2,
+        "records_sha256": doc["inputs"]["records_sha256"],
+    }
+
+
+def test_suite_and_group_averages_use_the_suite_groups(doc):
+    entry = _entry(doc)
+    assert entry["tasks"] == ["colors", "shapes", "position"]  # the suite's order
+    assert not entry["complete"] and "digits" in entry["missing_tasks"]
+    assert entry["average"]["mean"] == pytest.approx((50 + 80 + 33) / 3, rel=1e-5)
+    # only seed 1 is in every task: one per-seed average, so no std
+    assert entry["average"]["n_seeds"] == 1 and entry["average"]["std"] is None
+    groups = {g["group"]: g for g in entry["groups"]}
+    assert set(groups) == {"appearance", "structured", "real", "shifted"}
+    appearance = groups["appearance"]
+    assert appearance["complete"] and appearance["tasks"] == ["colors", "shapes"]
+    assert appearance["mean"] == 65.0
+    # per-seed averages (40+70)/2, (50+80)/2, (60+90)/2 -> sample std 10
+    assert (appearance["n_seeds"], appearance["std"]) == (3, 10.0)
+    assert groups["structured"]["mean"] == 33.0 and not groups["structured"]["complete"]
+    assert groups["real"]["mean"] is None and groups["real"]["n_tasks"] == 0
+    assert entry["average_of_groups"] is None and entry["base_new_hm"] is None  # groups without results
+    assert _row(doc, "colors")["group"] == "appearance"
+
+
+def test_efficiency_and_robustness_columns(doc):
+    eff = _row(doc, "colors")["efficiency"]
+    assert eff["trainable_params_method"] == 320 and eff["trainable_params_with_head"] == 710
+    assert eff["percent_of_backbone"] == 0.25 and eff["denominator"] == "all backbone parameters"
+    assert eff["image_gmacs"] == 0.0025 and eff["train_peak_memory_mib"] == 800.0
+    assert eff["train_images_per_s"] == 302.0 and (eff["device"], eff["dtype"]) == ("cpu", "float32")
+    fgsm = _row(doc, "colors")["fgsm"]
+    assert fgsm["accuracy"] == [32.0, 22.0, 12.0, 7.0] and fgsm["n"] == 3 and fgsm["eps_x255"][-1] == 8.0
+    assert _row(doc, "shapes")["fgsm"] is None
+
+
+def test_selection_picks_the_best_selection_score_not_the_best_test_score():
+    records = [
+        make_record("colors", 1, 90.0, selection=10.0, protocol={"lr": 0.5}),
+        make_record("colors", 1, 50.0, selection=60.0, protocol={"lr": 0.01}),
+    ]
+    doc = build_leaderboard(records)
+    assert len(doc["rows"]) == 2
+    (entry,) = doc["entries"]
+    assert entry["average"]["mean"] == 50.0
+    chosen = [r for r in doc["rows"] if r["selected"]]
+    assert [r["spec"]["protocol"]["lr"] for r in chosen] == [0.01]
+
+
+def test_rows_link_to_runs_and_the_reproduce_command_recreates_the_same_run_ids(doc):
+    from petlbench.benchmarks.suites import load_suite
+    from petlbench.harness.cli import _assignments, _epsilons, _seeds, build_parser
+    from petlbench.harness.runner import plan_runs
+    from petlbench.methods.registry import get_method
+
+    config = get_method("vpt")({"num_tokens": 3}).config_dict()
+    records = [make_record("shapes", s, 50.0 + s, config=config, protocol={"lr": 0.05}) for s in (1, 2)]
+    row = build_leaderboard(records)["rows"][0]
+    assert sorted(r["run_id"] for r in row["runs"]) == sorted(r["run_id"] for r in records)
+    argv = shlex.split(row["reproduce"])
+    assert argv[:2] == ["bench", "run"] and "--protocol" in argv and "lr=0.05" in argv
+    args = build_parser().parse_args(argv[1:])
+    specs, _ = plan_runs(
+        args.method,
+        load_suite(args.suite),
+        backbones=[args.backbone],
+        tasks=[args.tasks],
+        seeds=_seeds(args.seeds),
+        method_config=_assignments(args.method_options, "--set"),
+        protocol_overrides=_assignments(args.protocol_options, "--protocol"),
+        pretrained=not args.random_init,
+        measure={"fgsm": {"epsilons": _epsilons(args.fgsm_eps), "max_examples": args.fgsm_examples}},
+    )
+    assert sorted(s.run_id for s in specs) == sorted(r["run_id"] for r in records)
+
+
+# ----- schema -------------------------------------------------------------------------------------
+
+
+def test_schema_validates_a_built_leaderboard_and_rejects_a_broken_one(doc):
+    validate(doc)
+    validate(build_leaderboard([]))
+    broken = copy.deepcopy(doc)
+    del broken["schema_version"]
+    with pytest.raises(Exception, match="schema_version"):
+        validate(broken)
+    broken = copy.deepcopy(doc)
+    broken["rows"][0]["std"] = -1.0
+    with pytest.raises(Exception, match="std"):
+        validate(broken)
+
+
+def test_reported_rows_are_marked_and_rendered(doc):
+    assert doc["reported"] and all(r["kind"] == "reported" for r in doc["reported"])
+    maple = [r for r in doc["reported"] if r["method"] == "maple"]
+    assert maple[0]["trainable_params"] == 3_555_072 and maple[0]["percent"] == 2.86
+    page = render_html(doc)
+    assert '<tr class="reported">' in page and "3,555,072" in page
+
+
+# ----- build, determinism, check ------------------------------------------------------------------
+
+
+def test_build_is_deterministic_and_independent_of_record_order(tmp_path):
+    records = sample_records()
+    write_records(records, tmp_path / "records")
+    build(tmp_path / "records", tmp_path / "a")
+    shuffled = records[:]
+    random.Random(0).shuffle(shuffled)
+    (tmp_path / "records2").mkdir()
+    (tmp_path / "records2" / "smoke.jsonl").write_text("".join(record_line(r) + "\n" for r in shuffled))
+    build(tmp_path / "records2", tmp_path / "b")
+    for name in OUTPUTS:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    text = (tmp_path / "a" / "leaderboard.json").read_text()
+    assert json.loads(text)["schema_version"] == "1.0" and text.endswith("}\n")
+    assert b"<svg" in (tmp_path / "a" / "pareto.svg").read_bytes()
+    assert '<figure id="pareto"><svg' in (tmp_path / "a" / "index.html").read_text()  # inlined
+    assert (tmp_path / "a" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_build_and_check_work_on_an_empty_records_folder(tmp_path):
+    (tmp_path / "records").mkdir()
+    assert main(["leaderboard", "build", "--records", str(tmp_path / "records"), "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == sorted(OUTPUTS)
+    assert "No measured results yet" in (tmp_path / "leaderboard.md").read_text()
+    assert main(["leaderboard", "check", "--records", str(tmp_path / "records"), "--dir", str(tmp_path)]) == 0
+
+
+def test_stale_committed_files_make_check_fail(tmp_path, capsys):
+    records, committed = tmp_path / "records", tmp_path / "committed"
+    write_records(sample_records()[:4], records)
+    build(records, committed)
+    assert check(records, committed) == []
+    # a new record that was never built into the committed files
+    write_records(sample_records(), records)
+    differ = check(records, committed)
+    assert "leaderboard.json" in differ and "leaderboard.md" in differ and "index.html" in differ
+    capsys.readouterr()
+    assert main(["leaderboard", "check", "--records", str(records), "--dir", str(committed)]) == 1
+    err = capsys.readouterr().err
+    assert "leaderboard check failed" in err and "leaderboard.json" in err
+    # rebuilding fixes it; deleting or hand-editing a committed file breaks it again
+    build(records, committed)
+    assert check(records, committed) == []
+    (committed / "pareto.png").unlink()
+    assert check(records, committed) == ["pareto.png (missing)"]
+    build(records, committed)
+    edited = json.loads((committed / "leaderboard.json").read_text())
+    edited["rows"][0]["mean"] = 99.0
+    (committed / "leaderboard.json").write_text(json.dumps(edited, sort_keys=True, indent=1) + "\n")
+    assert check(records, committed) == ["leaderboard.json"]
+
+
+def test_check_fails_on_a_committed_leaderboard_that_breaks_the_schema(tmp_path, capsys):
+    records, committed = tmp_path / "records", tmp_path / "committed"
+    write_records(sample_records()[:2], records)
+    build(records, committed)
+    bad = json.loads((committed / "leaderboard.json").read_text())
+    bad["schema_version"] = "0.1"
+    (committed / "leaderboard.json").write_text(json.dumps(bad))
+    capsys.readouterr()
+    assert main(["leaderboard", "check", "--records", str(records), "--dir", str(committed)]) == 2
+    assert "schema" in capsys.readouterr().err
+
+
+# ----- records ------------------------------------------------------------------------------------
+
+
+def test_export_writes_sorted_json_lines_that_round_trip_and_merge(tmp_path, capsys):
+    records = sample_records()
+    with Store(tmp_path / "s.sqlite") as store:
+        for r in records[:5]:
+            store.import_record(r)
+    out = tmp_path / "records"
+    assert main(["export", "--store", str(tmp_path / "s.sqlite"), "--out", str(out)]) == 0
+    lines = (out / "smoke.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and lines == [record_line(json.loads(line)) for line in lines]
+    keys = [
+        (d["spec"]["method"], d["spec"]["backbone"], d["spec"]["task"], d["spec"]["seed"])
+        for d in map(json.loads, lines)
+    ]
+    assert keys == sorted(keys, key=lambda k: (k[0], k[1], k[2], k[3]))
+    assert {r["run_id"]: r for r in load_records(out)} == {r["run_id"]: r for r in records[:5]}
+    # a second store merges in; the failed run is not exported
+    with Store(tmp_path / "t.sqlite") as store:
+        for r in records[5:]:
+            store.import_record(r)
+    count, _ = export_store(tmp_path / "t.sqlite", out)
+    assert count == 4 and len(load_records(out)) == 9
+    count, _ = export_store(tmp_path / "t.sqlite", out, replace=True)
+    assert len(load_records(out)) == 4
+
+
+def test_a_hand_edited_record_is_refused(tmp_path):
+    record = make_record("colors", 1, 40.0)
+    record["spec"]["seed"] = 7  # its run id no longer matches its spec
+    (tmp_path / "smoke.jsonl").write_text(record_line(record) + "\n")
+    with pytest.raises(Exception, match="not the hash of its spec"):
+        load_records(tmp_path)
+
+
+# ----- views --------------------------------------------------------------------------------------
+
+
+def test_html_has_sortable_tables_and_markdown_has_the_tables(tmp_path, doc):
+    page = render_html(doc)
+    assert page.count('<table class="sortable"') == 3
+    assert "addEventListener" in page and "aria-sort" in page and "data-value=" in page
+    assert "<th>mean ± std</th>" in page and "<code>bench run --method vpt" in page
+    assert "<script src" not in page and "<link" not in page  # self-contained
+    from petlbench.leaderboard.render import render_markdown
+
+    md = render_markdown(doc)
+    header = "| average ± std (seeds) | appearance | structured | real | shifted | mean of groups |"
+    assert header in md
+    assert "50.00 ± 10.00" in md and "## Reported by the papers" in md and "`bench run --method vpt" in md
+
+
+def test_pareto_front():
+    points = [(10.0, 50.0), (5.0, 40.0), (20.0, 45.0), (100.0, 70.0), (5.0, 30.0)]
+    assert pareto_front(points) == [(5.0, 40.0), (10.0, 50.0), (100.0, 70.0)]
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def test_html_table_sorts_in_headless_chromium(tmp_path, doc):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if _chromium() is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs it)")
+    page_path = tmp_path / "index.html"
+    page_path.write_text(render_html(doc))
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium())
+        page = browser.new_page()
+        page.goto(page_path.as_uri())
+        table = "table#tasks-0"
+        col = 1 + ["task", "group", "method", "backbone", "metric", "mean ± std"].index("mean ± std")
+
+        def column() -> list[float]:
+            texts = page.locator(f"{table} tbody tr td:nth-child({col})").all_text_contents()
+            return [float(t.split(" ")[0]) for t in texts]
+
+        page.locator(f"{table} thead th:nth-child({col})").click()
+        assert column() == sorted(column())
+        page.locator(f"{table} thead th:nth-child({col})").click()
+        assert column() == sorted(column(), reverse=True)
+        browser.close()
+
+
+def test_base_to_new_harmonic_mean_and_unknown_suites(monkeypatch):
+    from types import SimpleNamespace
+
+    import petlbench.leaderboard.build as lb
+
+    tasks = [SimpleNamespace(name="colors", group="base"), SimpleNamespace(name="shapes", group="new")]
+    fake = SimpleNamespace(
+        version="2",
+        task_names=["colors", "shapes"],
+        tasks=tasks,
+        task=lambda name: name,
+        protocol_for=lambda task, method: SimpleNamespace(to_dict=lambda: {}),
+    )
+    monkeypatch.setattr(lb, "_load_suite", lambda name: fake)
+    doc = build_leaderboard([make_record("colors", 1, 80.0), make_record("shapes", 1, 60.0)])
+    (entry,) = doc["entries"]
+    assert entry["base_new_hm"] == pytest.approx(2 * 80 * 60 / 140, rel=1e-5)
+    assert entry["average_of_groups"] == 70.0
+    assert "| HM (base, new) |" in lb.render_all(doc)["leaderboard.md"].decode()
+    validate(doc)
+
+    def missing(name):
+        raise lb.UserError(f"no suite {name!r}")
+
+    monkeypatch.setattr(lb, "_load_suite", missing)
+    doc = build_leaderboard([make_record("colors", 1, 80.0)])
+    assert doc["notes"] and "not installed" in doc["notes"][0]
+    assert doc["entries"][0]["groups"] == [] and doc["entries"][0]["base_new_hm"] is None
+    validate(doc)

@@ -5,6 +5,13 @@ appends extra keys/values (residual-space tokens projected by the same frozen ``
 head-space keys/values), extends the causal mask with always-visible columns for them, and calls
 ``torch.nn.functional.scaled_dot_product_attention``. Queries are never added: the sequence length
 of the residual stream is unchanged by key/value prompts.
+
+Backbones whose attention has more than a mask (Swin's relative position bias and shifted-window
+mask, OFA's relative position buckets and padding) pass an additive ``attn_bias`` and/or a
+``key_padding_mask`` for the sequence keys; prompt keys get zero bias and are never padded, so every
+query sees them. ``scale`` overrides the softmax temperature (OFA scales by ``(d_head * f) ** -0.5``)
+and ``head_transform`` runs on the per-head outputs before the output projection (NormFormer's head
+scaling and attention LayerNorm).
 """
 
 from __future__ import annotations
@@ -46,10 +53,17 @@ def slot_attention(
     norm: Callable[[torch.Tensor], torch.Tensor] = _identity,
     q_norm: Callable[[torch.Tensor], torch.Tensor] = _identity,
     k_norm: Callable[[torch.Tensor], torch.Tensor] = _identity,
+    attn_bias: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    head_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Multi-head self-attention of ``x`` (B, L, d), already normalised by the block's ``ln_1``.
 
     ``norm`` is that ``ln_1``: residual-space key/value tokens pass through it before ``W_k``/``W_v``.
+    ``attn_bias``: additive float bias broadcastable to (B, heads, L, L) over the sequence keys.
+    ``key_padding_mask``: bool (B, L), True where a key is padding. ``head_transform``: a function of
+    the attention output (B, heads, L, d_head) applied before heads are merged and projected.
     """
     batch, length, width = x.shape
     head_dim = width // heads
@@ -79,9 +93,103 @@ def slot_attention(
     if n_extra:
         k = torch.cat([*extra_k, k], dim=2)
         v = torch.cat([*extra_v, v], dim=2)
-        mask = prompt_aware_causal_mask(length, n_extra, x.device) if causal else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if attn_bias is None and key_padding_mask is None:
+        if n_extra:
+            mask = prompt_aware_causal_mask(length, n_extra, x.device) if causal else None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     else:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        mask = sequence_bias(length, q.dtype, x.device, causal, attn_bias, key_padding_mask)
+        if n_extra:
+            mask = F.pad(mask, (n_extra, 0))  # prompt keys: zero bias, visible to every query
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if head_transform is not None:
+        out = head_transform(out)
+    out = out.transpose(1, 2).reshape(batch, length, width)
+    return F.linear(out, out_weight, out_bias)
+
+
+def sequence_bias(
+    length: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    causal: bool,
+    attn_bias: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """One additive float mask over the sequence keys: bias, padding and causality combined.
+
+    Shape broadcastable to (B, heads, L, L); ``-inf`` where a key may not be seen.
+    """
+    mask = torch.zeros(1, 1, length, length, dtype=dtype, device=device)
+    if attn_bias is not None:
+        mask = mask + attn_bias.to(dtype)
+    if causal:
+        upper = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+        mask = mask.masked_fill(upper, float("-inf"))
+    if key_padding_mask is not None:
+        if key_padding_mask.dtype != torch.bool:
+            raise TypeError("key_padding_mask must be boolean (True = padding)")
+        mask = mask.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    return mask
+
+
+def project_memory(
+    memory: torch.Tensor,
+    k_weight: torch.Tensor,
+    k_bias: torch.Tensor | None,
+    v_weight: torch.Tensor,
+    v_bias: torch.Tensor | None,
+    heads: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values (B, heads, S, d_head) of an encoder output (B, S, d) for :func:`cross_attention`.
+
+    Split from the attention itself so a decoder computes them once per input, not once per step.
+    """
+    batch, length, width = memory.shape
+    head_dim = width // heads
+    k = F.linear(memory, k_weight, k_bias).view(batch, length, heads, head_dim).transpose(1, 2)
+    v = F.linear(memory, v_weight, v_bias).view(batch, length, heads, head_dim).transpose(1, 2)
+    return k, v
+
+
+def cross_attention(
+    x: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    q_weight: torch.Tensor,
+    q_bias: torch.Tensor | None,
+    out_weight: torch.Tensor,
+    out_bias: torch.Tensor | None,
+    heads: int,
+    *,
+    attn_bias: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    head_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Multi-head attention of queries ``x`` (B, T, d) over precomputed ``keys``/``values``
+    (B, heads, S, d_head) of another sequence (an encoder-decoder's cross-attention).
+
+    No slots: methods that prompt self-attention (prefix tuning) leave cross-attention as it is, as
+    OFA prompt tuning does. ``attn_bias`` broadcasts to (B, heads, T, S); ``key_padding_mask`` is bool
+    (B, S), True where a key is padding.
+    """
+    batch, length, width = x.shape
+    head_dim = width // heads
+    q = F.linear(x, q_weight, q_bias).view(batch, length, heads, head_dim).transpose(1, 2)
+    mask = None
+    if attn_bias is not None or key_padding_mask is not None:
+        mask = torch.zeros(1, 1, 1, keys.shape[2], dtype=q.dtype, device=x.device)
+        if attn_bias is not None:
+            mask = mask + attn_bias.to(q.dtype)
+        if key_padding_mask is not None:
+            if key_padding_mask.dtype != torch.bool:
+                raise TypeError("key_padding_mask must be boolean (True = padding)")
+            mask = mask.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale)
+    if head_transform is not None:
+        out = head_transform(out)
     out = out.transpose(1, 2).reshape(batch, length, width)
     return F.linear(out, out_weight, out_bias)

@@ -146,3 +146,40 @@ def test_end_position_is_refused_on_causal_towers():
     tower.slots[0].input_tokens = InputTokens(torch.randn(2, 64), position="end")
     with pytest.raises(ValueError, match="causal"):
         b.encode_text(b.tokenize(["a"]))
+
+
+def test_additive_bias_padding_scale_and_head_transform_with_prompt_keys():
+    """Swin/OFA-style attention: a per-head bias and key padding over the sequence keys only; prompt
+    keys get zero bias and stay visible; a custom scale and a per-head output transform apply."""
+    w, b, wo, bo = _weights()
+    bsz, n, heads, hd = 2, 5, 4, 4
+    x = torch.randn(bsz, n, 16)
+    pk, pv = torch.randn(heads, 3, hd), torch.randn(heads, 3, hd)
+    bias = torch.randn(1, heads, n, n)
+    padding = torch.zeros(bsz, n, dtype=torch.bool)
+    padding[1, -2:] = True
+    head_scale = torch.tensor([0.5, 1.0, 2.0, -1.0]).view(1, heads, 1, 1)
+    for causal in (False, True):
+        got = slot_attention(
+            x, w, b, wo, bo, heads, slots=LayerSlots(kv_heads=MaskedKV(pk, pv)), causal=causal,
+            attn_bias=bias, key_padding_mask=padding, scale=0.3, head_transform=lambda o: o * head_scale,
+        )
+        q, k, v = F.linear(x, w, b).view(bsz, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
+        k = torch.cat([pk.expand(bsz, -1, -1, -1), k], 2)
+        v = torch.cat([pv.expand(bsz, -1, -1, -1), v], 2)
+        seq = bias.expand(bsz, -1, -1, -1).clone()
+        if causal:
+            seq = seq.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+        seq = seq.masked_fill(padding[:, None, None, :], float("-inf"))
+        scores = q @ k.transpose(-1, -2) * 0.3 + torch.cat([torch.zeros(bsz, heads, n, 3), seq], -1)
+        out = (scores.softmax(-1) @ v) * head_scale
+        want = F.linear(out.transpose(1, 2).reshape(bsz, n, 16), wo, bo)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        # The padded keys carry no weight: changing them changes nothing for batch row 1.
+        x2 = x.clone()
+        x2[1, -2:] += 5.0
+        again = slot_attention(
+            x2, w, b, wo, bo, heads, slots=LayerSlots(kv_heads=MaskedKV(pk, pv)), causal=causal,
+            attn_bias=bias, key_padding_mask=padding, scale=0.3, head_transform=lambda o: o * head_scale,
+        )
+        torch.testing.assert_close(again[1, :3], got[1, :3], atol=1e-5, rtol=1e-5)

@@ -48,3 +48,29 @@ def test_fgsm_eps_zero_is_clean_and_accuracy_falls_with_eps(trained):
     assert out["accuracy"][-1] < out["clean"]  # a large budget really hurts
     for e, norm in zip(eps, out["max_perturbation"], strict=True):
         assert norm == pytest.approx(e, abs=1e-6)  # the budget is spent in pixel space, exactly
+
+
+def test_one_gradient_for_all_eps_gives_arts_fgsm_at_each_eps(trained):
+    """The shared direction reproduces ART's FastGradientMethod run separately at every epsilon."""
+    import numpy as np
+    from art.attacks.evasion import FastGradientMethod
+    from art.estimators.classification import PyTorchClassifier
+
+    from petlbench.harness.robustness import _FloatLogits
+
+    data = _colour_task(96, 2)
+    eps = [1 / 255, 4 / 255, 16 / 255]
+    out = fgsm(trained, data, 3, epsilons=eps, batch_size=32)
+    x = data.images.float().div(255.0).numpy().astype(np.float32)
+    y = data.labels.numpy()
+    art = PyTorchClassifier(
+        model=_FloatLogits(trained),
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=3,
+        clip_values=(0.0, 1.0),
+    )
+    for e, acc in zip(eps, out["accuracy"], strict=True):
+        adv = FastGradientMethod(art, norm=np.inf, eps=e, batch_size=32).generate(x=x, y=y)
+        expected = float((art.predict(adv).argmax(axis=1) == y).mean() * 100.0)
+        assert acc == pytest.approx(expected, abs=1e-9), (e, acc, expected)

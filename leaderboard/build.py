@@ -311,6 +311,24 @@ def _robustness(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def _search(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The hyperparameter search a cell's final runs came from (``bench sweep --grid``), or None when
+    they were run with fixed settings: the grid, the trials spent, the chosen point and its score."""
+    found = [_get(r, "result", "search") for r in records]
+    found = [f for f in found if isinstance(f, dict)]
+    if not found:
+        return None
+    first = min(found, key=lambda f: json.dumps(f, sort_keys=True))  # one search per cell; be order-free
+    return {
+        "grid": first.get("grid"),
+        "trials": int(first.get("trials") or 0),
+        "search_seed": first.get("search_seed"),
+        "chosen": first.get("chosen"),
+        "selection_score": first.get("selection_score"),
+        "trial_run_ids": list(first.get("trial_run_ids") or []),
+    }
+
+
 def _row(cell: Cell, info: SuiteInfo) -> dict[str, Any]:
     metric = cell.metric
     values = cell.values(metric)
@@ -339,6 +357,7 @@ def _row(cell: Cell, info: SuiteInfo) -> dict[str, Any]:
         "selected": False,
         "efficiency": _efficiency(cell.records),
         "fgsm": _robustness(cell.records),
+        "search": _search(cell.records),
         "spec": spec,
         "runs": [
             {"run_id": r["run_id"], "seed": int(r["spec"]["seed"])}
@@ -435,6 +454,10 @@ def _entries(rows: list[dict[str, Any]], infos: dict[tuple[str, str], SuiteInfo]
                 "base_new_hm": hm,
                 "average_of_groups": of_groups,
                 "cells": [chosen[t]["cell_id"] for t in order],
+                # Search budget behind the entry: trials of the chosen cells' searches, plus one per
+                # extra cell of a task (a setting run and compared on the selection split).
+                "search_trials": sum((r["search"] or {}).get("trials", 0) for r in picked)
+                + sum(len([r for r in items if r["task"] == t]) - 1 for t in order),
                 "efficiency": {
                     "trainable_params_method": _mean_of(e["trainable_params_method"] for e in effs),
                     "trainable_params_with_head": _mean_of(e["trainable_params_with_head"] for e in effs),

@@ -87,6 +87,7 @@ def average_table(doc: dict[str, Any], suite: str, version: str) -> tuple[list[s
         "average ± std (seeds)",
         *groups,
         "tasks",
+        "search trials",
         "params",
         "+ head",
         "% (denominator)",
@@ -119,6 +120,7 @@ def average_table(doc: dict[str, Any], suite: str, version: str) -> tuple[list[s
         pct = eff["percent_of_backbone"]
         cells += [
             f"{avg['n_tasks']}" + ("" if e["complete"] else f" (missing {len(e['missing_tasks'])})"),
+            str(e["search_trials"]),
             fmt_params(eff["trainable_params_method"]),
             fmt_params(eff["trainable_params_with_head"]),
             "-" if pct is None else f"{pct:.4g}% ({eff['denominator'] or '?'})",
@@ -139,6 +141,7 @@ TASK_HEADER = [
     "metric",
     "mean ± std",
     "n",
+    "search trials",
     "params",
     "+ head",
     "%",
@@ -169,6 +172,7 @@ def task_table(doc: dict[str, Any], suite: str, version: str) -> list[list[str]]
                 r["metric"],
                 fmt_mean(r["mean"], r["std"]),
                 str(r["n"]),
+                "-" if r["search"] is None else str(r["search"]["trials"]),
                 fmt_params(eff["trainable_params_method"]),
                 fmt_params(eff["trainable_params_with_head"]),
                 "-" if pct is None else f"{pct:.4g}%",

@@ -449,3 +449,31 @@ def test_base_to_new_harmonic_mean_and_unknown_suites(monkeypatch):
     assert doc["notes"] and "not installed" in doc["notes"][0]
     assert doc["entries"][0]["groups"] == [] and doc["entries"][0]["base_new_hm"] is None
     validate(doc)
+
+
+def test_rows_and_entries_say_how_many_search_trials_were_spent():
+    """A cell whose final runs came from `bench sweep --grid` carries its search (grid, trials, chosen
+    point); an entry adds up the trials behind its chosen cells and every other cell it compared."""
+    search = {
+        "grid": {"lr": [0.01, 0.1, 1.0]},
+        "trials": 3,
+        "search_seed": 1,
+        "chosen": {"lr": 0.1},
+        "selection_score": 55.0,
+        "trial_run_ids": ["a" * 64, "b" * 64, "c" * 64],
+    }
+    records = [make_record("colors", s, 50.0 + s) for s in (1, 2, 3)]
+    for r in records:
+        r["result"]["search"] = copy.deepcopy(search)
+    # A second setting of `shapes`, compared with the first on the selection split: one more trial.
+    records += [make_record("shapes", 1, 70.0, selection=60.0)]
+    records += [make_record("shapes", 1, 75.0, selection=50.0, protocol={"lr": 0.5})]
+    doc = build_leaderboard(records, [])
+    validate(doc)
+    colors = _row(doc, "colors")
+    assert colors["search"]["trials"] == 3 and colors["search"]["chosen"] == {"lr": 0.1}
+    shapes = [r for r in doc["rows"] if r["task"] == "shapes"]
+    assert all(r["search"] is None for r in shapes)
+    assert _entry(doc)["search_trials"] == 3 + 1
+    text = build_leaderboard([make_record("colors", 1, 50.0)], [])
+    assert text["entries"][0]["search_trials"] == 0

@@ -17,7 +17,7 @@ class Backbone(nn.Module):
     All weights start frozen (``requires_grad=False``) and the modules stay in eval mode: tuning
     methods train their own parameters around a deterministic backbone (no dropout, no drop-path),
     as the reference implementations do. ``kind`` is ``"clip"`` (towers ``image`` and ``text``) or
-    ``"vit"`` (tower ``image``).
+    ``"vit"`` or ``"swin"`` (tower ``image``).
     """
 
     kind: str

@@ -95,6 +95,11 @@ class Tower(nn.Module):
 
     Subclasses register the real model's modules (so parameters are counted and moved) and set
     ``width``, ``heads``, ``depth``, ``causal`` and ``_views``.
+
+    Hierarchical towers (Swin: stages of widths 128..1024) differ per layer; they pass ``widths`` and
+    ``heads`` to :meth:`_init_slots`, and methods size what they put into layer ``l``'s slots with
+    :meth:`layer_width`, :meth:`layer_heads` and :meth:`layer_head_dim`, which fall back to
+    ``width``/``heads`` on the plain towers. ``width``/``heads`` are then those of the first layer.
     """
 
     name: str
@@ -107,11 +112,24 @@ class Tower(nn.Module):
         super().__init__()
         self._views: list[BlockView] = []
         self.slots: list[LayerSlots] = []
+        self._layer_widths: tuple[int, ...] | None = None
+        self._layer_heads: tuple[int, ...] | None = None
 
-    def _init_slots(self, views: list[BlockView]) -> None:
+    def _init_slots(
+        self,
+        views: list[BlockView],
+        *,
+        widths: list[int] | None = None,
+        heads: list[int] | None = None,
+    ) -> None:
         self._views = views
         self.depth = len(views)
         self.slots = [LayerSlots() for _ in views]
+        for given in (widths, heads):
+            if given is not None and len(given) != len(views):
+                raise ValueError(f"per-layer sizes {list(given)} do not match the {len(views)} layers")
+        self._layer_widths = tuple(int(w) for w in widths) if widths is not None else None
+        self._layer_heads = tuple(int(h) for h in heads) if heads is not None else None
 
     def clear_slots(self) -> None:
         self.slots = [LayerSlots() for _ in self._views]
@@ -119,6 +137,22 @@ class Tower(nn.Module):
     @property
     def head_dim(self) -> int:
         return self.width // self.heads
+
+    def layer_width(self, layer: int) -> int:
+        """Residual width of layer ``layer`` (``width`` unless the tower's stages differ)."""
+        return self._layer_widths[layer] if self._layer_widths is not None else self.width
+
+    def layer_heads(self, layer: int) -> int:
+        """Attention heads of layer ``layer`` (``heads`` unless the tower's stages differ)."""
+        return self._layer_heads[layer] if self._layer_heads is not None else self.heads
+
+    def layer_head_dim(self, layer: int) -> int:
+        return self.layer_width(layer) // self.layer_heads(layer)
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        """Every layer's width, in order."""
+        return tuple(self.layer_width(layer) for layer in range(self.depth))
 
     def has_trainable_parameters(self) -> bool:
         """True when anything this tower computes depends on a parameter that requires grad."""
@@ -145,8 +179,8 @@ class Tower(nn.Module):
                         "use position='after_first'"
                     )
         inserted = Inserted()
-        for view, slots in zip(self._views, self.slots, strict=True):
+        for layer, (view, slots) in enumerate(zip(self._views, self.slots, strict=True)):
             if slots.input_tokens is not None:
                 x = insert_tokens(x, slots.input_tokens, inserted)
-            x = view.forward(x, slots, self.heads, self.causal)
+            x = view.forward(x, slots, self.layer_heads(layer), self.causal)
         return x, inserted

@@ -53,10 +53,16 @@ pair (a sweep over the two options reproduces the search).
 Trainable parameters are counted as the *active* ones: visual entries of unpruned tokens and
 segments, plus KV prompts, plus the gate scalars while they train (stage 1). On ViT-B/16 with
 shared K=V that is ``9,216 * (P + K)`` (+ ``17 * P`` gates in stage 1 with R = 16).
+
+On Swin (stages of different widths) every layer's visual prompts have that layer's width and its KV
+prompts that layer's (heads, K, d_head); the same (P, R) gates serve every layer, a segment covering
+``d_l / R`` channels of layer ``l`` (so each width must be divisible by R). Visual prompts follow the
+VPT paper's Swin variant (backbones/swin.py).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -205,20 +211,20 @@ class E2VPT(Method):
     def attach(self, backbone: Backbone) -> None:
         c = self.config
         image = backbone.tower("image")
-        if c.prune and image.width % c.segments:
+        layers = image.depth if c.deep else 1
+        widths = [image.layer_width(layer) for layer in range(layers)]
+        if c.prune and any(w % c.segments for w in widths):
             raise UserError(
-                f"e2vpt: the image tower's width {image.width} is not divisible into {c.segments} segments"
+                f"e2vpt: the image tower's width {sorted(set(widths))} is not divisible into "
+                f"{c.segments} segments"
             )
         if c.text_kv_tokens and "text" not in backbone.towers:
             raise UserError(f"e2vpt: text_kv_tokens needs a text tower; {backbone.name!r} has none")
         self._towers["image"] = image
         self._width = image.width
         bound = _visual_bound(image.width)
-        layers = image.depth if c.deep else 1
-        for _ in range(layers):
-            self.visual.append(
-                nn.Parameter(torch.empty(c.visual_tokens, image.width).uniform_(-bound, bound))
-            )
+        for width in widths:
+            self.visual.append(nn.Parameter(torch.empty(c.visual_tokens, width).uniform_(-bound, bound)))
         if c.prune:
             p, r = c.visual_tokens, c.segments
             self.token_gate = nn.Parameter(torch.ones(p), requires_grad=c.learn_masks)
@@ -234,13 +240,13 @@ class E2VPT(Method):
             tower = backbone.tower(name)
             self._towers[name] = tower
             n_layers = tower.depth if c.kv_deep else 1
-            shape = (tower.heads, tokens, tower.head_dim)
+            shapes = [(tower.layer_heads(li), tokens, tower.layer_head_dim(li)) for li in range(n_layers)]
             self.kv[name] = nn.ParameterList(
-                nn.Parameter(_init_kv_(torch.empty(shape), c.kv_init)) for _ in range(n_layers)
+                nn.Parameter(_init_kv_(torch.empty(shape), c.kv_init)) for shape in shapes
             )
             if not c.share_kv:
                 self.kv_values[name] = nn.ParameterList(
-                    nn.Parameter(_init_kv_(torch.empty(shape), c.kv_init)) for _ in range(n_layers)
+                    nn.Parameter(_init_kv_(torch.empty(shape), c.kv_init)) for shape in shapes
                 )
         self._bind_slots()
 
@@ -253,7 +259,7 @@ class E2VPT(Method):
                 mode="replace",
                 position="after_first",
                 dropout=self.dropout,
-                gate=self.gate if c.prune else None,
+                gate=functools.partial(self.gate, p.shape[1]) if c.prune else None,
                 keep=self._sequence_keep if c.prune else None,
             )
         for name, keys in self.kv.items():
@@ -262,29 +268,30 @@ class E2VPT(Method):
                 self._towers[name].slots[layer].kv_heads = MaskedKV(k, v)
 
     # ----- masks --------------------------------------------------------------------------------
-    def _expand_segments(self, per_segment: torch.Tensor) -> torch.Tensor:
-        """(P, R) per segment -> (P, d) per channel, in the configured layout."""
-        reps = self._width // self.config.segments
+    def _expand_segments(self, per_segment: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """(P, R) per segment -> (P, d) per channel, in the configured layout (d: ``width``, default
+        the first layer's; Swin's wider stages repeat the same R segments over more channels)."""
+        reps = (width or self._width) // self.config.segments
         if self.config.segment_layout == "strided":
             return per_segment.repeat(1, reps)  # channel c -> segment c mod R (the reference's .repeat)
         return per_segment.repeat_interleave(reps, dim=1)
 
-    def gate(self) -> torch.Tensor:
+    def gate(self, width: int | None = None) -> torch.Tensor:
         """The visual prompts' multiplier (P, d): token gate x segment gate (shared by all layers)."""
-        return self.token_gate.unsqueeze(1) * self._expand_segments(self.segment_gate)
+        return self.token_gate.unsqueeze(1) * self._expand_segments(self.segment_gate, width)
 
     def _sequence_keep(self) -> torch.Tensor | None:
         return self.token_keep if self.config.drop_pruned else None
 
-    def channel_keep(self) -> torch.Tensor:
-        """Bool (P, d): which entries of each layer's visual prompt are unpruned."""
+    def channel_keep(self, width: int | None = None) -> torch.Tensor:
+        """Bool (P, d): which entries of each layer's visual prompt (of width ``d``) are unpruned."""
         if not self.config.prune:
-            return torch.ones(self.config.visual_tokens, self._width, dtype=torch.bool)
-        return self.token_keep.unsqueeze(1) & self._expand_segments(self.segment_keep)
+            return torch.ones(self.config.visual_tokens, width or self._width, dtype=torch.bool)
+        return self.token_keep.unsqueeze(1) & self._expand_segments(self.segment_keep, width)
 
     # ----- counting -----------------------------------------------------------------------------
     def num_trainable_parameters(self) -> int:
-        visual = int(self.channel_keep().sum()) * len(self.visual)
+        visual = sum(int(self.channel_keep(p.shape[1]).sum()) for p in self.visual)
         kv = sum(p.numel() for lst in (*self.kv.values(), *self.kv_values.values()) for p in lst)
         gates = 0
         if self.config.prune:
@@ -379,9 +386,8 @@ class E2VPT(Method):
         self.segment_gate.copy_(self.segment_keep.to(self.segment_gate.dtype))
         self.token_gate.requires_grad_(False)
         self.segment_gate.requires_grad_(False)
-        keep = self.channel_keep().to(self.visual[0].device)
         for p in self.visual:
-            p.mul_(keep.to(p.dtype))
+            p.mul_(self.channel_keep(p.shape[1]).to(device=p.device, dtype=p.dtype))
 
     def _prepare_rewind(self, ctx: StageContext) -> None:
         if not bool(self.pruned):

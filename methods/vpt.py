@@ -4,6 +4,11 @@ Prompts enter after CLS (image) or after SOS (CLIP text) with no position embedd
 gives every layer its own prompts, which replace the previous layer's outputs at those positions.
 Init is uniform in +-sqrt(6 / (3*16*16 + d)): Xavier with the reference's ViT-B/16 patch fan-in
 (the 16 is the reference's constant, kept for every backbone).
+
+On Swin (backbones/swin.py) layer ``l``'s prompts have that layer's stage width and are shared by
+all windows, as in the reference's Swin variant; the init bound uses the tower's first width
+(the reference's ``embed_dim``), with the same 3*16*16 fan-in constant (the reference's Swin code
+uses its 4x4 patch there: bound 0.185 instead of 0.0818 on Swin-B).
 """
 
 from __future__ import annotations
@@ -68,7 +73,8 @@ class VPT(Method):
                 raise UserError(f"vpt: depth {layers} exceeds the {tower_name} tower's {tower.depth} layers")
             bound = math.sqrt(6.0 / (3 * 16 * 16 + tower.width))
             params = nn.ParameterList(
-                nn.Parameter(torch.empty(n, tower.width).uniform_(-bound, bound)) for _ in range(layers)
+                nn.Parameter(torch.empty(n, tower.layer_width(layer)).uniform_(-bound, bound))
+                for layer in range(layers)
             )
             self.prompts[tower_name] = params
             for layer, p in enumerate(params):

@@ -23,6 +23,7 @@ class BackboneEntry:
 def _builtins() -> dict[str, BackboneEntry]:
     from .clip import build_open_clip, build_tiny_clip
     from .micro import build_micro_clip, build_micro_vit
+    from .swin import build_timm_swin, build_tiny_swin
     from .vit import build_timm_vit, build_tiny_vit
 
     entries = [
@@ -64,8 +65,46 @@ def _builtins() -> dict[str, BackboneEntry]:
             "supervised ViT-B/16, ImageNet-21k (timm 'vit_base_patch16_224.augreg_in21k')",
             lambda pretrained: build_timm_vit("vit-b16", "vit_base_patch16_224.augreg_in21k", pretrained),
         ),
+        BackboneEntry(
+            "tiny-swin",
+            "swin",
+            "timm Swin, widths 32/64, 2+2 blocks, window 2, 32px, seeded random init (tests, smoke)",
+            lambda pretrained: build_tiny_swin("tiny-swin"),
+        ),
+        BackboneEntry(
+            "swin-b",
+            "swin",
+            "Swin-B, ImageNet-22k (timm 'swin_base_patch4_window7_224.ms_in22k', as VPT and E2VPT use)",
+            lambda pretrained: build_timm_swin("swin-b", "swin_base_patch4_window7_224.ms_in22k", pretrained),
+        ),
     ]
+    entries += _ofa_entries()
     return {e.name: e for e in entries}
+
+
+def _ofa_entries() -> list[BackboneEntry]:
+    from .ofa.backbone import build_ofa_backbone
+    from .ofa.config import PUBLISHED_PARAMETERS
+
+    out = [
+        BackboneEntry(
+            f"ofa-{size}",
+            "ofa",
+            f"OFA-{size.capitalize()} (~{PUBLISHED_PARAMETERS[size] / 1e6:.0f}M), generative encoder-decoder "
+            f"('OFA-Sys/ofa-{size}', transformers-branch checkpoint, loaded offline)",
+            lambda pretrained, name=f"ofa-{size}": build_ofa_backbone(name, pretrained),
+        )
+        for size in ("tiny", "medium", "base", "large", "huge")
+    ]
+    out.append(
+        BackboneEntry(
+            "ofa-test",
+            "ofa",
+            "OFA architecture, width 64, 2+2 layers, tiny ResNet stem, 64px, seeded random init (tests)",
+            lambda pretrained: build_ofa_backbone("ofa-test", pretrained),
+        )
+    )
+    return out
 
 
 def backbone_entries() -> dict[str, BackboneEntry]:

@@ -20,9 +20,9 @@ import torch
 from petlbench.backbones.base import Backbone
 from petlbench.backbones.classifier import ImageClassifier
 from petlbench.backbones.heads import LinearHead, TextClassifierHead
-from petlbench.backbones.registry import backbone_entries, build_backbone
+from petlbench.backbones.registry import backbone_entries, backbone_kind, build_backbone
 from petlbench.benchmarks.data import TaskData, TensorImageDataset
-from petlbench.benchmarks.datasets import load_task
+from petlbench.benchmarks.datasets import load_task, loader_entry
 from petlbench.benchmarks.fewshot import few_shot_splits
 from petlbench.benchmarks.metrics import get_metric
 from petlbench.benchmarks.suites import Protocol, Suite, TaskSpec
@@ -37,7 +37,9 @@ from .provenance import collect_provenance
 from .robustness import DEFAULT_EPSILONS, fgsm
 from .spec import RunSpec
 from .store import Store
-from .trainer import TrainConfig, Trainer, image_features, predict
+from .trainer import TrainConfig, Trainer, TrainResult, image_features, predict
+
+KIND_TOWERS = {"clip": ("image", "text"), "ofa": ("encoder", "decoder")}  # other kinds: ("image",)
 
 
 @dataclass
@@ -81,7 +83,7 @@ def plan_runs(
     backbones, the ones that do not fit are skipped with a note.
     """
     method_cls = get_method(method)
-    config = method_cls(method_config or {}).config_dict()
+    method_cls(method_config or {})  # a bad option fails before anything is planned
     entries = backbone_entries()
     explicit = backbones is not None
     names = list(backbones) if explicit else list(suite.backbones)
@@ -91,7 +93,7 @@ def plan_runs(
         if name not in entries:
             raise UserError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(entries))}")
         kind = entries[name].kind
-        towers = ("image", "text") if kind == "clip" else ("image",)
+        towers = KIND_TOWERS.get(kind, ("image",))
         try:
             method_cls.check_compatible(name, kind, towers)
         except UserError as err:
@@ -108,7 +110,17 @@ def plan_runs(
     seed_list = list(seeds) if seeds else list(suite.seeds)
     specs = []
     for backbone in chosen:
+        # Options whose default depends on the backbone kind (the towers of an encoder-decoder)
+        # sit under the user's options, so the spec records what really runs.
+        given = {**method_cls.kind_defaults(entries[backbone].kind), **(method_config or {})}
+        config = method_cls(given).config_dict()
         for task in task_specs:
+            mismatch = _generative_mismatch(backbone, entries[backbone].kind, task)
+            if mismatch:
+                if explicit:
+                    raise UserError(mismatch)
+                notes.append(f"skipped {backbone} on {task.name}: {mismatch}")
+                continue
             protocol = suite.protocol_for(task, method, **(protocol_overrides or {}))
             proto = protocol.to_dict() | {"backbone_pretrained": bool(pretrained)}
             for seed in seed_list:
@@ -125,7 +137,19 @@ def plan_runs(
                         measure=dict(measure or {}),
                     )
                 )
+    if not specs:
+        raise UserError(f"nothing to run for method {method!r} on suite {suite.name!r}: " + "; ".join(notes))
     return specs, notes
+
+
+def _generative_mismatch(backbone: str, kind: str, task: TaskSpec) -> str | None:
+    """Why ``backbone`` cannot run ``task`` (generative tasks need the encoder-decoder), or None."""
+    generative = loader_entry(task.loader).generative
+    if generative and kind != "ofa":
+        return f"task {task.name!r} is generative (image + text -> text) and needs an ofa-* backbone"
+    if kind == "ofa" and not generative:
+        return f"{backbone!r} is generative; task {task.name!r} is classification"
+    return None
 
 
 def make_head(method: Method, backbone: Backbone, data: TaskData, task: TaskSpec) -> torch.nn.Module:
@@ -289,6 +313,10 @@ class Runner:
         data: TaskData,
         on_step: Callable[[int, int, float], None] | None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
+        if getattr(data, "generative", False) or backbone_kind(spec.backbone) == "ofa":
+            from .seq2seq import run_seq2seq  # image + text -> text on an encoder-decoder
+
+            return run_seq2seq(self, spec, task, data, on_step)
         protocol = protocol_of(spec)
         model = self.build_model(spec, task, data)
         backbone, method, head = model.backbone, model.method, model.head
@@ -437,6 +465,12 @@ class Runner:
         spec = record.spec
         task = self.suite.task(spec.task)
         data = self._task_data(task)
+        if getattr(data, "generative", False):
+            from .seq2seq import remeasure_seq2seq
+
+            measured = remeasure_seq2seq(self, spec, task, data, load_file(str(path)), epsilons, max_examples)
+            self.store.update_result(record.run_id, {**record.result, "robustness": {"fgsm": measured}})
+            return measured
         model = self.build_model(spec, task, data)
         tensors = load_file(str(path), device=str(self.device))
         assert model.method is not None
@@ -466,18 +500,25 @@ class Runner:
         protocol: Protocol,
         model: ImageClassifier,
         method: Method,
-        train: TensorImageDataset,
+        train: TensorImageDataset | None,
         on_step: Callable[[int, int, float], None] | None,
         evaluate: Callable[[], dict[str, float]],
         cache: bool,
+        *,
+        fit: Callable[[Trainer, Callable[[], dict[str, float]]], TrainResult] | None = None,
+        batches: Callable[[], Iterator[Any]] | None = None,
+        train_examples: int | None = None,
     ) -> dict[str, Any]:
         """Run the method's stages in order. A finished stage leaves its state on disk, so a crash
-        resumes in the stage it was in; within a stage the trainer resumes from its last epoch."""
+        resumes in the stage it was in; within a stage the trainer resumes from its last epoch.
+
+        ``fit``, ``batches`` and ``train_examples`` replace the classification defaults (cross-entropy
+        on ``train``'s labels, its (pixels, labels) batches and size) for another objective."""
         run_dir = self.checkpoint_dir / spec.run_id if self.checkpoint_dir is not None else None
         stage_results: dict[str, dict[str, Any]] = {}
         history: list[dict[str, Any]] = []
         train_info: dict[str, Any] = {
-            "train_examples": len(train),
+            "train_examples": train_examples if train_examples is not None else len(train),
             "device": str(self.device),
             "feature_cache": cache,
             "train_time_s": 0.0,
@@ -485,12 +526,14 @@ class Runner:
             "resumed_from_epoch": None,
         }
 
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        def image_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for start in range(0, len(train), protocol.batch_size):
                 yield (
                     to_pixels(train.images[start : start + protocol.batch_size], self.device),
                     train.labels[start : start + protocol.batch_size].to(self.device),
                 )
+
+        batches = batches or image_batches
 
         for index, stage in enumerate(method.stages()):
             done = run_dir / f"stage{index}-{stage.name}.done.pt" if run_dir is not None else None
@@ -530,7 +573,7 @@ class Runner:
                     progress=on_step,
                     cache_features=cache,
                 )
-                trained = trainer.fit(train, evaluate=evaluate)
+                trained = fit(trainer, evaluate) if fit is not None else trainer.fit(train, evaluate=evaluate)
                 stage_history = [{"stage": stage.name, **h} for h in trained.history]
                 train_info["train_time_s"] += trained.train_time_s
                 train_info["images"] += trained.train_images

@@ -157,8 +157,37 @@ class Trainer:
         train: TensorImageDataset,
         evaluate: Callable[[], dict[str, float]] | None = None,
     ) -> TrainResult:
+        """Train a classifier on ``train`` with cross-entropy on its labels."""
+        if len(train) == 0:
+            raise ValueError("empty training set")
+        self.model.to(self.device)
+        if self.cache_features:
+            cached = image_features(self.model, train, self.device, self.cfg.eval_batch_size)
+
+            def forward(idx: torch.Tensor) -> torch.Tensor:
+                return self.model.head(cached[idx.to(cached.device)])
+        else:
+
+            def forward(idx: torch.Tensor) -> torch.Tensor:
+                return self.model(to_pixels(train.images[idx], self.device))
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+            labels = train.labels[idx].to(self.device)
+            return F.cross_entropy(forward(idx).float(), labels)
+
+        return self.fit_loss(len(train), batch_loss, evaluate)
+
+    def fit_loss(
+        self,
+        n: int,
+        batch_loss: Callable[[torch.Tensor], torch.Tensor],
+        evaluate: Callable[[], dict[str, float]] | None = None,
+    ) -> TrainResult:
+        """The loop itself, for any objective: ``batch_loss(indices)`` gives the loss of a batch of
+        the ``n`` training examples (run under autocast). Shuffling, schedule, clipping, callbacks,
+        per-epoch checkpoints and resume are the same for every model (the generative path uses it
+        with a sequence loss)."""
         cfg = self.cfg
-        n = len(train)
         if n == 0:
             raise ValueError("empty training set")
         batch = min(cfg.batch_size, n)
@@ -171,16 +200,6 @@ class Trainer:
             optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps)
         )
         ctx = TrainContext(self.model, self.method, optimizer, steps_per_epoch=steps_per_epoch)
-        if self.cache_features:
-            cached = image_features(self.model, train, self.device, cfg.eval_batch_size)
-
-            def forward(idx: torch.Tensor) -> torch.Tensor:
-                return self.model.head(cached[idx.to(cached.device)])
-        else:
-
-            def forward(idx: torch.Tensor) -> torch.Tensor:
-                return self.model(to_pixels(train.images[idx], self.device))
-
         result = TrainResult()
         start_epoch = self._load(ctx, sched, result)
         for cb in self.callbacks:
@@ -196,10 +215,8 @@ class Trainer:
             loss_sum = 0.0
             for i in range(steps_per_epoch):
                 idx = order[i * batch : (i + 1) * batch]
-                labels = train.labels[idx].to(self.device)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    logits = forward(idx)
-                    loss = F.cross_entropy(logits.float(), labels)
+                    loss = batch_loss(idx)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 ctx.loss = float(loss.detach())

@@ -14,6 +14,13 @@ from petlbench.errors import UserError
 
 TOWER_NAMES = ("image", "text", "encoder", "decoder")
 EVERY = ("both", "all")
+ENCODER_DECODER_KINDS = ("ofa",)
+
+
+def tower_defaults(kind: str) -> dict[str, str]:
+    """An encoder-decoder has no ``image`` tower: there the baselines modify both towers by default,
+    as OFA's prompt-tuning, adapter and BitFit baselines do."""
+    return {"tower": "both"} if kind in ENCODER_DECODER_KINDS else {}
 
 
 def parse_towers(method: str, spec: str) -> tuple[str, ...]:

@@ -10,7 +10,8 @@ An adapter maps a branch output ``h`` (B, L, d) to ``h + s * up(act(down(h)))`` 
 The up projection starts at zero (weight and bias), so the adapted model starts exactly equal to the
 backbone; the down projection is Xavier-uniform (NOAH), Kaiming-uniform (``nn.Linear``'s default) or
 N(0, 0.02) (``bert``, OFA) with a zero bias. Per adapter ``2*d*m + m + d`` parameters: dim 8,
-Pfeiffer, on ViT-B/16 gives 12 * (2*768*8 + 8 + 768) = 156,768.
+Pfeiffer, on ViT-B/16 gives 12 * (2*768*8 + 8 + 768) = 156,768. On towers whose width differs by
+layer (Swin) each adapter has its layer's width ``d_l`` (and ``m = d_l // reduction`` with ``reduction``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 from petlbench.backbones.base import Backbone
 from petlbench.errors import UserError
 
-from ._towers import parse_towers, resolve_towers
+from ._towers import ENCODER_DECODER_KINDS, parse_towers, resolve_towers, tower_defaults
 from .base import Method
 
 STYLES = ("pfeiffer", "houlsby")
@@ -89,7 +90,7 @@ class Adapter(Method):
     family = "adapter"
     paper = "Houlsby et al., Parameter-Efficient Transfer Learning for NLP, ICML 2019 (and Pfeiffer 2021)"
     Config = AdapterConfig
-    towers = ("image", "text")
+    towers = ("image", "text", "encoder", "decoder")
 
     def validate_config(self) -> None:
         c = self.config
@@ -109,7 +110,14 @@ class Adapter(Method):
 
     @classmethod
     def required_towers(cls) -> tuple[str, ...]:
-        return ("image",)
+        return ()
+
+    @classmethod
+    def kind_defaults(cls, kind: str) -> dict[str, Any]:
+        """On OFA: both towers and OFA's ``Adapter_Layer`` (ReLU, BERT init, ``--adapter-dim`` 200)."""
+        if kind not in ENCODER_DECODER_KINDS:
+            return {}
+        return {**tower_defaults(kind), "dim": 200, "activation": "relu", "init": "bert"}
 
     def bottleneck(self, width: int) -> int:
         """The bottleneck width m for a tower of width ``width``."""
@@ -125,12 +133,12 @@ class Adapter(Method):
         self.adapters = nn.ModuleDict()  # "<tower>" -> ModuleDict("attn"/"mlp" -> ModuleList per layer)
         places = ("attn", "mlp") if c.style == "houlsby" else ("mlp",)
         for tower_name, tower in resolve_towers(self.name, c.tower, backbone).items():
-            m = self.bottleneck(tower.width)
+            widths = tower.layer_widths  # one width on ViT/CLIP; per stage on Swin
             per_place = nn.ModuleDict(
                 {
                     place: nn.ModuleList(
-                        BottleneckAdapter(tower.width, m, c.activation, c.scale, c.init)
-                        for _ in range(tower.depth)
+                        BottleneckAdapter(w, self.bottleneck(w), c.activation, c.scale, c.init)
+                        for w in widths
                     )
                     for place in places
                 }

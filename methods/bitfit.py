@@ -5,11 +5,15 @@ Two selections:
 * ``variant="all"`` (default): every backbone parameter whose name contains ``bias`` in the chosen
   towers, the ``tinytl-bias`` of KMnP/vpt and V-PETL Bench's BitFit. On ViT-B/16 that is
   102,912 parameters (0.120% of 85,798,656): per block qkv 2,304, proj 768, fc1 3,072, fc2 768 and two
-  LayerNorm biases 1,536, plus the patch-embed bias and the final LayerNorm's bias.
+  LayerNorm biases 1,536, plus the patch-embed bias and the final LayerNorm's bias. On Swin the same
+  substring rule also selects every block's ``relative_position_bias_table`` ((2w-1)^2 x heads), as
+  KMnP/vpt's ``tinytl-bias`` does on its Swin: Swin-B gives 137,216 biases + 63,544 table entries.
 * ``variant="ofa"``: OFA's ``--bitfit`` (``train.py``), which trains the biases whose names contain
   ``layer_norm`` or ``fc``: the LayerNorm biases and the FFN (MLP) biases, not the attention's
   q/k/v/out biases. Mapped onto our towers as the biases of every ``LayerNorm`` module of the tower
-  plus the biases of every block's MLP.
+  plus the biases of every block's MLP; on the OFA towers exactly the fairseq-named set (every
+  layer's pre-attention, pre-cross-attention and pre-FFN LayerNorm, ``fc1``, ``fc2``, and the final
+  ``layer_norm``; NormFormer's extra norms are not matched by those names and stay frozen).
 
 Like full fine-tuning, this method deliberately makes backbone weights trainable: it owns no
 parameter of its own, :meth:`trainable_parameters` yields exactly the selected backbone biases, and
@@ -29,7 +33,7 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
-from ._towers import parse_towers, resolve_towers
+from ._towers import parse_towers, resolve_towers, tower_defaults
 from .base import Method
 
 VARIANTS = ("all", "ofa")
@@ -55,9 +59,15 @@ def _mlp_biases(tower: Tower) -> set[int]:
 
 
 def select_biases(tower: Tower, variant: str) -> dict[str, nn.Parameter]:
-    """The tower's parameters BitFit trains, by name within the tower."""
+    """The tower's parameters BitFit trains, by name within the tower. A tower that knows OFA's exact
+    selection (the OFA towers: fairseq's ``layer_norm``/``fc`` names differ from the LayerNorm
+    modules it has) gives it through ``ofa_bitfit_parameters``."""
     if variant == "all":
-        return {n: p for n, p in tower.named_parameters() if "bias" in n}
+        unused = tuple(getattr(tower, "unused_modules", ()))  # kept only so checkpoints load (OFA)
+        return {n: p for n, p in tower.named_parameters() if "bias" in n and not n.startswith(unused)}
+    own = getattr(tower, "ofa_bitfit_parameters", None)
+    if callable(own):
+        return own()
     wanted = _layer_norm_biases(tower) | _mlp_biases(tower)
     return {n: p for n, p in tower.named_parameters() if id(p) in wanted}
 
@@ -67,7 +77,7 @@ class BitFit(Method):
     family = "selective"
     paper = "Ben Zaken et al., BitFit: Simple Parameter-efficient Fine-tuning, ACL 2022"
     Config = BitFitConfig
-    towers = ("image", "text")
+    towers = ("image", "text", "encoder", "decoder")
 
     def validate_config(self) -> None:
         if self.config.variant not in VARIANTS:
@@ -78,7 +88,11 @@ class BitFit(Method):
 
     @classmethod
     def required_towers(cls) -> tuple[str, ...]:
-        return ("image",)
+        return ()
+
+    @classmethod
+    def kind_defaults(cls, kind: str) -> dict[str, Any]:
+        return tower_defaults(kind)
 
     def attach(self, backbone: Backbone) -> None:
         # A plain dict in __dict__: the classifier owns the backbone; registering its biases here

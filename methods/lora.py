@@ -11,7 +11,8 @@ Through the ``qkv_delta`` slot: for every layer of the chosen towers the fused q
 * ``qkv``: one pair on the fused projection (NOAH's ``qkv_super_prompt``), ``B`` of shape (3d, r);
   r * (d + 3d) per layer.
 
-Both give 12 * 8 * (768 + 2304) = 294,912 at r = 8 on ViT-B/16.
+Both give 12 * 8 * (768 + 2304) = 294,912 at r = 8 on ViT-B/16; on Swin each layer uses its own
+width ``d_l`` (per layer ``4 * r * d_l`` for q and v).
 
 :meth:`LoRA.merge` adds ``scaling * B A`` into the frozen qkv weights in place and empties the slots,
 so inference costs exactly the backbone's; :meth:`LoRA.unmerge` undoes it (to float rounding). With
@@ -33,7 +34,7 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
-from ._towers import parse_towers, resolve_towers
+from ._towers import parse_towers, resolve_towers, tower_defaults
 from .base import Method, Stage, StageContext
 
 PROJECTIONS = ("q", "k", "v")
@@ -110,7 +111,7 @@ class LoRA(Method):
     family = "reparameterization"
     paper = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
     Config = LoRAConfig
-    towers = ("image", "text")
+    towers = ("image", "text", "encoder", "decoder")
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -131,7 +132,11 @@ class LoRA(Method):
 
     @classmethod
     def required_towers(cls) -> tuple[str, ...]:
-        return ("image",)
+        return ()
+
+    @classmethod
+    def kind_defaults(cls, kind: str) -> dict[str, Any]:
+        return tower_defaults(kind)
 
     @property
     def scaling(self) -> float:
@@ -146,7 +151,7 @@ class LoRA(Method):
         targets = parse_targets(c.targets)
         for tower_name, tower in resolve_towers(self.name, c.tower, backbone).items():
             self.lora[tower_name] = nn.ModuleList(
-                LoRAQKV(tower.width, c.rank, targets, self.scaling, c.dropout) for _ in range(tower.depth)
+                LoRAQKV(w, c.rank, targets, self.scaling, c.dropout) for w in tower.layer_widths
             )
             self._towers[tower_name] = tower
         self._bind_slots()

@@ -1,11 +1,14 @@
-"""Prefix tuning (Li & Liang, ACL 2021) on encoder towers, with OFA's layout and options.
+"""Prefix tuning (Li & Liang, ACL 2021) on any tower, with OFA's layout and options.
 
 Every layer of the chosen towers gets ``length`` learned keys and values in head space, concatenated
 after the frozen projections (the ``kv_heads`` slot): queries and the residual stream are unchanged,
 and on the causal CLIP text tower the prefixes are visible to every query. Per tower the prefixes
 are one (length, layers * 2 * d) table, OFA's ``Embedding(length, layers*2*d)``: layer ``l`` reads
 columns ``[2l*d, (2l+2)*d)``, the first ``d`` its keys and the next ``d`` its values, each viewed as
-(heads, length, d/heads). Init N(0, init_std^2) with init_std 0.02.
+(heads, length, d/heads). Init N(0, init_std^2) with init_std 0.02. On towers whose layers differ in
+width (Swin stages) the table is (length, sum_l 2*d_l) and layer ``l`` reads its ``2*d_l`` columns
+after those of the layers before it, viewed with its own heads; the prefixes of a Swin layer are
+seen by every window.
 
 Options (OFA-Sys/OFA ``PromptEncoder`` and the prompt-tuning scripts, see reference/methods.md 6):
 
@@ -18,6 +21,12 @@ Options (OFA-Sys/OFA ``PromptEncoder`` and the prompt-tuning scripts, see refere
   shared by the batch, because the slot holds batch-free (heads, n, d_head) tensors.
 * ``fold`` (with ``projection``): after training a training-free stage evaluates the MLP once and
   replaces it by the plain prefix table (:meth:`PrefixTuning.fold`), so inference costs nothing extra.
+
+On OFA (towers ``encoder`` and ``decoder``, the default there is both) the prefixes go into the
+self-attention of every encoder and decoder layer, never into cross-attention, with separate tables
+per tower (OFA's ``encoder_prompt_length`` = ``length`` and ``decoder_prompt_length`` =
+``decoder_length``): OFA-Base 100/100 gives 6*2*768*100 * 2 = 1,843,200 parameters, OFA-Large
+4,915,200. OFA's ``prompt_dim`` for the projection is ``2 * d``; here ``projection_dim`` (512) is used.
 
 Counting: ``num_trainable_parameters`` counts what is trained right now: the plain table,
 ``length * layers * 2 * d`` per tower (e.g. 10 prefixes on ViT-B/16: 184,320), or, with the
@@ -40,7 +49,7 @@ from petlbench.backbones.slots import MaskedKV
 from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
-from ._towers import parse_towers, resolve_towers
+from ._towers import parse_towers, resolve_towers, tower_defaults
 from .base import Method, Stage, StageContext
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -50,6 +59,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "ge
 class PrefixConfig:
     length: int = 100  # prefixes per layer (OFA's 100); 0 is allowed (the backbone unchanged)
     text_length: int | None = None  # prefixes per layer on the CLIP text tower (None: length)
+    decoder_length: int | None = None  # prefixes per layer on an encoder-decoder's decoder (None: length)
     tower: str = "image"  # image | text | both (CLIP) | comma-separated tower names
     projection: bool = False  # MLP reparameterization (OFA's --*-prompt-projection)
     projection_dim: int = 512  # hidden width of the reparameterization MLP
@@ -97,7 +107,7 @@ class PrefixTuning(Method):
     family = "prompt"
     paper = "Li & Liang, Prefix-Tuning, ACL 2021 (OFA prompt tuning, Yang et al. 2022)"
     Config = PrefixConfig
-    towers = ("image", "text")
+    towers = ("image", "text", "encoder", "decoder")
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -109,8 +119,8 @@ class PrefixTuning(Method):
 
     def validate_config(self) -> None:
         c = self.config
-        if c.length < 0 or (c.text_length is not None and c.text_length < 0):
-            raise UserError("prefix: length and text_length must be >= 0 (0: no prefixes)")
+        if c.length < 0 or any(v is not None and v < 0 for v in (c.text_length, c.decoder_length)):
+            raise UserError("prefix: length, text_length and decoder_length must be >= 0 (0: no prefixes)")
         if c.projection and c.projection_dim < 1:
             raise UserError(f"prefix: projection_dim must be at least 1, got {c.projection_dim}")
         if c.activation not in ACTIVATIONS:
@@ -125,19 +135,31 @@ class PrefixTuning(Method):
 
     @classmethod
     def required_towers(cls) -> tuple[str, ...]:
-        return ("image",)
+        return ()
+
+    @classmethod
+    def kind_defaults(cls, kind: str) -> dict[str, Any]:
+        return tower_defaults(kind)
 
     def length_for(self, tower: str) -> int:
         c = self.config
-        return c.text_length if tower == "text" and c.text_length is not None else c.length
+        if tower == "text" and c.text_length is not None:
+            return c.text_length
+        if tower == "decoder" and c.decoder_length is not None:
+            return c.decoder_length
+        return c.length
 
     # ----- attach -------------------------------------------------------------------------------
     def attach(self, backbone: Backbone) -> None:
         c = self.config
         for name, tower in resolve_towers(self.name, c.tower, backbone).items():
-            if tower.width % tower.heads:
-                raise UserError(f"prefix: {name} tower width {tower.width} is not divisible by its heads")
-            n, out = self.length_for(name), tower.depth * 2 * tower.width
+            for layer in range(tower.depth):
+                if tower.layer_width(layer) % tower.layer_heads(layer):
+                    raise UserError(
+                        f"prefix: {name} tower layer {layer} width {tower.layer_width(layer)} is not "
+                        f"divisible by its {tower.layer_heads(layer)} heads"
+                    )
+            n, out = self.length_for(name), 2 * sum(tower.layer_widths)
             if c.projection:
                 self.embeddings[name] = nn.Parameter(torch.randn(n, tower.width) * c.init_std)
                 mlp = nn.Sequential(
@@ -159,8 +181,8 @@ class PrefixTuning(Method):
     def layer_prefix(self, tower_name: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (heads, length, d_head) of one layer, dropout included in training."""
         tower = self._towers[tower_name]
-        d = tower.width
-        cols = slice(2 * d * layer, 2 * d * (layer + 1))
+        start = 2 * sum(tower.layer_widths[:layer])
+        cols = slice(start, start + 2 * tower.layer_width(layer))
         if tower_name in self.prefixes:
             kv = self.prefixes[tower_name][:, cols]
         else:
@@ -168,7 +190,8 @@ class PrefixTuning(Method):
             hidden = mlp[1](mlp[0](self.embeddings[tower_name]))
             kv = F.linear(hidden, mlp[2].weight[cols], mlp[2].bias[cols])
         kv = self.dropout(kv)
-        keys, values = kv.view(kv.shape[0], 2, tower.heads, tower.head_dim).permute(1, 2, 0, 3).unbind(0)
+        heads, head_dim = tower.layer_heads(layer), tower.layer_head_dim(layer)
+        keys, values = kv.view(kv.shape[0], 2, heads, head_dim).permute(1, 2, 0, 3).unbind(0)
         return keys, values
 
     # ----- folding ------------------------------------------------------------------------------
@@ -212,7 +235,7 @@ class PrefixTuning(Method):
     # ----- counting -----------------------------------------------------------------------------
     def inference_parameters(self) -> int:
         """Parameters of the plain prefixes: sum over towers of length * layers * 2 * d."""
-        return sum(self.length_for(n) * t.depth * 2 * t.width for n, t in self._towers.items())
+        return sum(self.length_for(n) * 2 * sum(t.layer_widths) for n, t in self._towers.items())
 
     def reparameterization_parameters(self) -> int | None:
         """Parameters the MLP reparameterization trains (embedding + MLP), None without it."""
@@ -221,7 +244,7 @@ class PrefixTuning(Method):
         h = self.config.projection_dim
         total = 0
         for n, t in self._towers.items():
-            out = t.depth * 2 * t.width
+            out = 2 * sum(t.layer_widths)
             total += self.length_for(n) * t.width + (t.width * h + h) + (h * out + out)
         return total
 

@@ -31,21 +31,28 @@ class LoaderEntry:
     fn: LoaderFn
     needs_data_root: bool = False
     check_args: ArgsCheck | None = None
+    generative: bool = False  # returns sequence-to-sequence task data (image + text -> text), not TaskData
 
 
 _LOADERS: dict[str, LoaderEntry] = {}
 
 
 def register_loader(
-    name: str, *, needs_data_root: bool = False, check_args: ArgsCheck | None = None
+    name: str,
+    *,
+    needs_data_root: bool = False,
+    check_args: ArgsCheck | None = None,
+    generative: bool = False,
 ) -> Callable[[LoaderFn], LoaderFn]:
     """Register a loader under ``name``. ``needs_data_root`` marks formats read from disk (a suite with
-    one needs ``--data-root``); ``check_args`` validates ``task_spec.args`` (raise UserError)."""
+    one needs ``--data-root``); ``check_args`` validates ``task_spec.args`` (raise UserError);
+    ``generative`` loaders return their own sequence-to-sequence task data (``ofa_loaders``), which
+    the harness runs on an encoder-decoder backbone."""
 
     def deco(fn: LoaderFn) -> LoaderFn:
         if name in _LOADERS and _LOADERS[name].fn is not fn:
             raise ValueError(f"a dataset loader named {name!r} is already registered")
-        _LOADERS[name] = LoaderEntry(name, fn, needs_data_root, check_args)
+        _LOADERS[name] = LoaderEntry(name, fn, needs_data_root, check_args, generative)
         return fn
 
     return deco
@@ -84,6 +91,8 @@ def load_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
             raise UserError(f"task {task_spec.name!r}: {err}") from None
     # Loaders get their own copy of args, so nothing they do leaks into the (frozen) suite.
     data = entry.fn(replace(task_spec, args=copy.deepcopy(dict(task_spec.args))), data_root)
+    if entry.generative:
+        return data  # no class names or templates: image + text -> text
     names = list(task_spec.class_names) if task_spec.class_names else list(data.class_names)
     if task_spec.class_names and len(task_spec.class_names) != len(data.class_names):
         raise UserError(
@@ -105,4 +114,4 @@ def load_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
 
 
 # Built-in loaders register on import.
-from . import coop, digits, fgvc, imagefolder, synthetic, vtab1k, world  # noqa: E402, F401
+from . import coop, digits, fgvc, imagefolder, ofa_loaders, synthetic, vtab1k, world  # noqa: E402, F401

@@ -387,7 +387,12 @@ class _Reader:
                 raise self.error(f"{where}.args", str(err)) from None
         metric = self.string(t.get("metric", "accuracy"), f"{where}.metric")
         try:
-            get_metric(metric)
+            if entry.generative:
+                from petlbench.benchmarks.metrics.ofa import get_ofa_metric
+
+                get_ofa_metric(metric)
+            else:
+                get_metric(metric)
         except UserError as err:
             raise self.error(f"{where}.metric", str(err)) from None
         templates = TaskSpec.templates

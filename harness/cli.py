@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="show one stored run")
     s.add_argument("run", help="a run id or a unique prefix of one")
     s.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    s.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="also draw the method's figure of the run (Adapt: context lengths per layer, paper Fig. 3)",
+    )
 
     rb = sub.add_parser("robust", help="re-measure FGSM robustness of a stored run")
     rb.add_argument("run", help="a run id or a unique prefix of one")

@@ -213,6 +213,11 @@ def cmd_show(args: argparse.Namespace) -> int:
             default=str,
         )
     )
+    if args.plot is not None:
+        from petlbench.methods.registry import get_method
+
+        written = get_method(rec.spec.method).plot_description(rec.result.get("method") or {}, args.plot)
+        console.print(f"wrote {written}")
     return 0
 
 

@@ -35,7 +35,8 @@ Choices where the paper is silent or ambiguous (documented so results can be rea
 * ``target_tokens`` defaults to 128: the setting of the paper's headline result (81.70% average,
   Table 1/2); Fig. 1 uses 32.
 
-Trainable parameters are counted as the *active* ones: ``sum_branch width * active tokens``.
+Trainable parameters are counted as the *active* ones: ``sum_branch width * active tokens``
+(per layer ``layer_width(l) * active tokens of l`` on towers whose widths differ by stage, e.g. Swin).
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class Adapt(Method):
             if layers == 0 or tokens == 0:
                 continue
             self.prompts[branch] = nn.ParameterList(
-                nn.Parameter(torch.randn(tokens, tower.width) * c.init_std) for _ in range(layers)
+                nn.Parameter(torch.randn(tokens, tower.layer_width(layer)) * c.init_std)
+                for layer in range(layers)
             )
             self.register_buffer(f"mask_{branch}", torch.ones(layers, tokens, dtype=torch.bool))
             self._towers[branch] = tower
@@ -170,7 +172,11 @@ class Adapt(Method):
         return sum(self.active_tokens().values())
 
     def num_trainable_parameters(self) -> int:
-        return sum(self._towers[b].width * n for b, n in self.active_tokens().items())
+        total = 0
+        for branch in self.branches:
+            tower, per_layer = self._towers[branch], self.mask(branch).sum(dim=1)
+            total += sum(tower.layer_width(layer) * int(n) for layer, n in enumerate(per_layer))
+        return total
 
     def context_lengths(self) -> dict[str, list[int]]:
         return {b: [int(n) for n in self.mask(b).sum(dim=1)] for b in self.branches}
@@ -227,6 +233,10 @@ class Adapt(Method):
         if self._pruner is None:
             self._pruner = AdaptPruner(self)
         return [self._pruner]
+
+    @classmethod
+    def plot_description(cls, description: dict[str, Any], path: Any) -> Path:
+        return plot_context_lengths(description, path)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {

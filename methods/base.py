@@ -128,6 +128,14 @@ class Method(nn.Module, abc.ABC):
                 f"method {cls.name!r} needs tower(s) {', '.join(missing)}, which backbone {backbone_name!r} "
                 f"does not have (it has {', '.join(towers)})"
             )
+        # A method that names no tower works on image features (linear probe): not on a generative
+        # encoder-decoder, whose towers it would have to name.
+        generative = "encoder" in towers and "decoder" in towers
+        if (cls.towers or generative) and not any(t in towers for t in cls.towers):
+            raise UserError(
+                f"method {cls.name!r} works on tower(s) {', '.join(cls.towers)}; backbone {backbone_name!r} "
+                f"has none of them (it has {', '.join(towers)})"
+            )
         if cls.head == "text" and "text" not in towers:
             raise UserError(
                 f"method {cls.name!r} classifies with a text head; {backbone_name!r} has no text tower"
@@ -136,6 +144,12 @@ class Method(nn.Module, abc.ABC):
     @classmethod
     def required_towers(cls) -> tuple[str, ...]:
         return cls.towers
+
+    @classmethod
+    def kind_defaults(cls, kind: str) -> dict[str, Any]:
+        """Options whose default differs on a backbone kind (e.g. every tower of an encoder-decoder);
+        the harness applies them under the options the user gives, so a run's spec records them."""
+        return {}
 
     # ----- lifecycle --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -172,6 +186,13 @@ class Method(nn.Module, abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Extra facts recorded with the result (e.g. final per-layer context lengths)."""
         return {}
+
+    @classmethod
+    def plot_description(cls, description: dict[str, Any], path: Any) -> Any:
+        """Render a stored :meth:`describe` as a figure at ``path`` (``bench show RUN --plot``) and
+        return the path written. Methods with a picture worth drawing override this (Adapt: the
+        paper's Figure 3, its per-layer context lengths)."""
+        raise UserError(f"method {cls.name!r} has no figure to plot")
 
 
 _FALSE_TRUE = {"false": False, "0": False, "no": False, "true": True, "1": True, "yes": True}

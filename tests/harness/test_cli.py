@@ -182,3 +182,18 @@ def test_plugin_distribution_is_listed_and_runs(tmp_path):
         (rec,) = store.records()
     assert rec.status == "finished" and rec.method == "onetoken"
     assert rec.result["parameters"]["method"] == 64  # one token of width 64 on tiny-vit
+
+
+def test_show_plots_adapt_context_lengths_and_refuses_methods_without_a_figure(tmp_path, capsys):
+    """`bench show RUN --plot` draws the paper's Figure 3 from the stored masks of an Adapt run."""
+    adapt = ["--suite", "smoke", "--backbone", "tiny-clip", "--tasks", TASK, "--protocol", "epochs=1"]
+    assert _run(tmp_path, "--method", "adapt", *adapt, "--set", "accumulation_steps=2") == 0
+    assert _run(tmp_path, "--method", "zeroshot", *adapt[:6]) == 0
+    with Store(tmp_path / "s.sqlite") as store:
+        runs = {r.method: r.run_id for r in store.records()}
+    png = tmp_path / "fig" / "adapt.png"
+    capsys.readouterr()
+    assert main(["show", runs["adapt"][:10], "--store", str(tmp_path / "s.sqlite"), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in capsys.readouterr().err
+    code = main(["show", runs["zeroshot"][:10], "--store", str(tmp_path / "s.sqlite"), "--plot", str(png)])
+    assert code == 2 and "has no figure" in capsys.readouterr().err

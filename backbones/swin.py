@@ -47,6 +47,7 @@ from .base import Backbone
 from .random_features import random_feature_init
 from .slots import InputTokens, LayerSlots
 from .tower import BlockView, Inserted, Tower
+from .vit import create_timm_model, timm_image_facts
 
 TINY_SWIN = {
     "img_size": 32,
@@ -255,33 +256,14 @@ class TimmSwinBackbone(Backbone):
     kind = "swin"
 
     def __init__(self, name: str, swin: nn.Module, config: dict) -> None:
-        cfg = getattr(swin, "pretrained_cfg", {}) or {}
-        size = swin.patch_embed.img_size
-        super().__init__(
-            name,
-            {"image": SwinImageTower(swin)},
-            image_size=int(size[0] if isinstance(size, tuple | list) else size),
-            mean=cfg.get("mean", (0.485, 0.456, 0.406)),
-            std=cfg.get("std", (0.229, 0.224, 0.225)),
-            feature_dim=int(swin.num_features),
-            interpolation=cfg.get("interpolation", "bicubic"),
-            config=config,
-        )
+        facts = timm_image_facts(swin, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        super().__init__(name, {"image": SwinImageTower(swin)}, config=config, **facts)
         self.freeze()
 
 
 def build_timm_swin(name: str, arch: str, pretrained: bool) -> TimmSwinBackbone:
     """A timm Swin by name (e.g. ``swin_base_patch4_window7_224.ms_in22k``), without its classifier."""
-    import timm
-
-    try:
-        swin = timm.create_model(arch, pretrained=pretrained, num_classes=0)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(
-            f"could not build timm {arch!r} (pretrained={pretrained}): {exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}. Weights come from the Hugging Face hub and "
-            "are cached on first use; run once with network access, or use --pretrained none"
-        ) from None
+    swin = create_timm_model(arch, pretrained)
     return TimmSwinBackbone(name, swin, {"source": "timm", "arch": arch, "pretrained": pretrained})
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -64,36 +66,47 @@ class TimmViTImageTower(Tower):
         return v.forward_head(x, pre_logits=True)
 
 
-class TimmViTBackbone(Backbone):
-    kind = "vit"
-
-    def __init__(self, name: str, vit: nn.Module, config: dict) -> None:
-        cfg = getattr(vit, "pretrained_cfg", {}) or {}
-        size = vit.patch_embed.img_size
-        super().__init__(
-            name,
-            {"image": TimmViTImageTower(vit)},
-            image_size=int(size[0] if isinstance(size, tuple | list) else size),
-            mean=cfg.get("mean", (0.5, 0.5, 0.5)),
-            std=cfg.get("std", (0.5, 0.5, 0.5)),
-            feature_dim=int(vit.num_features),
-            interpolation=cfg.get("interpolation", "bicubic"),
-            config=config,
-        )
-        self.freeze()
+def timm_image_facts(
+    model: nn.Module, default_mean: tuple[float, ...], default_std: tuple[float, ...]
+) -> dict[str, Any]:
+    """What a :class:`Backbone` needs to know of a timm image model: input size, normalisation (its
+    pretrained config's, else the defaults given), feature size, interpolation."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    size = model.patch_embed.img_size
+    return {
+        "image_size": int(size[0] if isinstance(size, tuple | list) else size),
+        "mean": cfg.get("mean", default_mean),
+        "std": cfg.get("std", default_std),
+        "feature_dim": int(model.num_features),
+        "interpolation": cfg.get("interpolation", "bicubic"),
+    }
 
 
-def build_timm_vit(name: str, arch: str, pretrained: bool) -> TimmViTBackbone:
+def create_timm_model(arch: str, pretrained: bool) -> nn.Module:
+    """``timm.create_model`` without a classifier, with one clear error when weights are unavailable."""
     import timm
 
     try:
-        vit = timm.create_model(arch, pretrained=pretrained, num_classes=0)
+        return timm.create_model(arch, pretrained=pretrained, num_classes=0)
     except Exception as exc:  # noqa: BLE001
         raise UserError(
             f"could not build timm {arch!r} (pretrained={pretrained}): {exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}. Weights come from the Hugging Face hub and "
             "are cached on first use; run once with network access, or use --pretrained none"
         ) from None
+
+
+class TimmViTBackbone(Backbone):
+    kind = "vit"
+
+    def __init__(self, name: str, vit: nn.Module, config: dict) -> None:
+        facts = timm_image_facts(vit, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        super().__init__(name, {"image": TimmViTImageTower(vit)}, config=config, **facts)
+        self.freeze()
+
+
+def build_timm_vit(name: str, arch: str, pretrained: bool) -> TimmViTBackbone:
+    vit = create_timm_model(arch, pretrained)
     return TimmViTBackbone(name, vit, {"source": "timm", "arch": arch, "pretrained": pretrained})
 
 

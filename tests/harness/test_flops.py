@@ -57,10 +57,16 @@ def test_adapt_pruned_to_a_lower_target_counts_less(clip_b16):
         with torch.no_grad():
             adapt.mask_image[:] = False
         none_left = image_gmacs(clip_b16, adapt)
+        clip_b16.tower("image").clear_slots()
+        clip_b16.tower("text").clear_slots()
+        built_short = Adapt({"image_tokens": 4})  # a model built with the pruned lengths from the start
+        built_short.attach(clip_b16)
+        short = image_gmacs(clip_b16, built_short)
     finally:
         clip_b16.tower("image").clear_slots()
         clip_b16.tower("text").clear_slots()
     assert full > pruned > base
+    assert pruned == short  # a pruned token really leaves the computation
     # key/value prompts cost only their K/V projections and attention columns, never MLP or queries
     assert full - base < 0.05 * base
     assert none_left == base

@@ -37,6 +37,15 @@ Choices where the paper is silent or ambiguous (documented so results can be rea
 
 Trainable parameters are counted as the *active* ones: ``sum_branch width * active tokens``
 (per layer ``layer_width(l) * active tokens of l`` on towers whose widths differ by stage, e.g. Swin).
+
+On the OFA encoder-decoder the two branches are its two towers: the **encoder** (the ``[image ;
+text]`` stream) takes the paper's image/vision branch role and the **decoder** (causal, text) the
+text branch role. The options keep their names: ``image_layers``/``image_tokens`` size the encoder's
+prompts, ``text_layers``/``text_tokens`` the decoder's. The branches are then named by their towers
+(``encoder``, ``decoder``: prompt and mask names, scores, :meth:`Adapt.describe`, the figure), and
+pruning ranks both jointly exactly as on CLIP (ties: encoder before decoder). The prompts enter every
+self-attention of the prompted layers (never OFA's cross-attention) with zero position bias, visible to
+every query of the causal decoder.
 """
 
 from __future__ import annotations
@@ -56,6 +65,9 @@ from petlbench.errors import UserError
 from .base import Callback, Method
 
 BRANCHES = ("image", "text")  # also the tie-break order of pruning
+# The towers that take each branch's role: CLIP/ViT/Swin's own, else an encoder-decoder's (OFA).
+BRANCH_TOWERS = {"image": ("image", "encoder"), "text": ("text", "decoder")}
+ORDER = ("image", "encoder", "text", "decoder")  # branch names in tie-break order
 SCORES = ("snip", "grad", "l2")
 
 
@@ -116,15 +128,31 @@ class Adapt(Method):
     def required_towers(cls) -> tuple[str, ...]:
         return ("image",)  # the text branch is prompted when the backbone has one (CLIP)
 
+    @classmethod
+    def check_compatible(cls, backbone_name: str, kind: str, towers: tuple[str, ...]) -> None:
+        if "image" in towers or ("encoder" in towers and "decoder" in towers):
+            return
+        raise UserError(
+            f"method 'adapt' prompts an image tower (with CLIP's text tower) or an encoder-decoder's "
+            f"encoder and decoder; backbone {backbone_name!r} has {', '.join(towers) or 'no towers'}"
+        )
+
     # ----- attach -------------------------------------------------------------------------------
     def attach(self, backbone: Backbone) -> None:
         c = self.config
         sizes = {"image": (c.image_layers, c.image_tokens), "text": (c.text_layers, c.text_tokens)}
-        for branch in BRANCHES:
-            if branch not in backbone.towers:
+        if "image" not in backbone.towers and not {"encoder", "decoder"} <= set(backbone.towers):
+            raise UserError(
+                f"adapt: backbone {backbone.name!r} has neither an image tower nor an encoder and decoder "
+                f"(it has {', '.join(backbone.tower_names)})"
+            )
+        for role in BRANCHES:
+            found = [t for t in BRANCH_TOWERS[role] if t in backbone.towers]
+            if not found:
                 continue
+            branch = found[0]
             tower = backbone.tower(branch)
-            layers, tokens = min(sizes[branch][0], tower.depth), sizes[branch][1]
+            layers, tokens = min(sizes[role][0], tower.depth), sizes[role][1]
             if layers == 0 or tokens == 0:
                 continue
             self.prompts[branch] = nn.ParameterList(
@@ -155,7 +183,7 @@ class Adapt(Method):
     # ----- state --------------------------------------------------------------------------------
     @property
     def branches(self) -> list[str]:
-        return [b for b in BRANCHES if b in self.prompts]
+        return [b for b in ORDER if b in self.prompts]
 
     def mask(self, branch: str) -> torch.Tensor:
         """The binary mask M(t) of ``branch``: bool (layers, xi), True = active."""
@@ -204,8 +232,8 @@ class Adapt(Method):
     @torch.no_grad()
     def prune_lowest(self, scores: dict[str, torch.Tensor], count: int) -> list[tuple[str, int, int]]:
         """Prune up to ``count`` active tokens with the lowest score across all branches, never below
-        ``target_tokens``. Ties: image before text, then layer, then token index. Returns the pruned
-        (branch, layer, token) in pruning order."""
+        ``target_tokens``. Ties: image (encoder) before text (decoder), then layer, then token index.
+        Returns the pruned (branch, layer, token) in pruning order."""
         count = min(count, self.active_total() - self.config.target_tokens)
         if count <= 0:
             return []

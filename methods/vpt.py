@@ -9,6 +9,14 @@ On Swin (backbones/swin.py) layer ``l``'s prompts have that layer's stage width 
 all windows, as in the reference's Swin variant; the init bound uses the tower's first width
 (the reference's ``embed_dim``), with the same 3*16*16 fan-in constant (the reference's Swin code
 uses its 4x4 patch there: bound 0.185 instead of 0.0818 on Swin-B).
+
+On the OFA encoder-decoder (towers ``encoder`` and ``decoder``) ``tower`` defaults to ``encoder``
+(the ``[image ; text]`` stream, where visual prompts belong); ``decoder``, a comma-separated list or
+``both`` (every tower of the backbone) prompt the decoder too. Encoder prompts go after the first
+image patch, decoder prompts after BOS (causal: every later position sees them, BOS does not), both
+with zero position bias and no padding, and are stripped before the tower's final LayerNorm, so the
+memory and the logits keep the backbone's positions. ``text_tokens`` applies to the decoder (the text
+side) as to CLIP's text tower. Deep VPT on OFA-Base's encoder with 10 tokens: 10 * 6 * 768 = 46,080.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.slots import InputTokens
 from petlbench.errors import UserError
 
+from ._towers import ENCODER_DECODER_KINDS, parse_towers, resolve_towers
 from .base import Method
 
 
@@ -32,8 +41,8 @@ class VPTConfig:
     deep: bool = False
     depth: int | None = None  # layers that get their own prompts in deep mode (None: all)
     dropout: float = 0.0  # prompt dropout (0.1 in the reference's deep runs)
-    tower: str = "image"  # image | text | both (text and both need CLIP)
-    text_tokens: int | None = None  # tokens per layer on the text tower (None: num_tokens)
+    tower: str = "image"  # image | text | both (text and both need CLIP) | encoder | decoder (OFA)
+    text_tokens: int | None = None  # tokens per layer on the text tower / OFA decoder (None: num_tokens)
 
 
 class VPT(Method):
@@ -41,12 +50,11 @@ class VPT(Method):
     family = "prompt"
     paper = "Jia et al., Visual Prompt Tuning, ECCV 2022"
     Config = VPTConfig
-    towers = ("image", "text")
+    towers = ("image", "text", "encoder", "decoder")
 
     def validate_config(self) -> None:
         c = self.config
-        if c.tower not in ("image", "text", "both"):
-            raise UserError(f"vpt: tower must be image, text or both, not {c.tower!r}")
+        parse_towers(self.name, c.tower)  # image, text, encoder, decoder, a list of them, or both
         if c.num_tokens < 1 or (c.text_tokens is not None and c.text_tokens < 1):
             raise UserError("vpt: num_tokens must be at least 1")
         if not 0.0 <= c.dropout < 1.0:
@@ -54,20 +62,28 @@ class VPT(Method):
 
     @classmethod
     def required_towers(cls) -> tuple[str, ...]:
-        return ("image",)
+        return ()  # any of ``towers``: image (ViT, Swin, CLIP) or encoder/decoder (OFA)
 
-    def _tower_names(self) -> list[str]:
-        return ["image", "text"] if self.config.tower == "both" else [self.config.tower]
+    @classmethod
+    def kind_defaults(cls, kind: str) -> dict[str, str]:
+        return {"tower": "encoder"} if kind in ENCODER_DECODER_KINDS else {}
+
+    def _tower_names(self, backbone: Backbone) -> list[str]:
+        spec = self.config.tower.strip().lower()
+        if spec == "both" and "image" in backbone.towers:
+            return ["image", "text"]  # CLIP's two towers (refused below where there is no text tower)
+        return list(resolve_towers(self.name, spec, backbone))
 
     def attach(self, backbone: Backbone) -> None:
         c = self.config
         self.prompts = nn.ModuleDict()
         self.dropout = nn.Dropout(c.dropout) if c.dropout > 0 else None
-        for tower_name in self._tower_names():
+        for tower_name in self._tower_names(backbone):
             if tower_name not in backbone.towers:
                 raise UserError(f"vpt: backbone {backbone.name!r} has no {tower_name} tower")
             tower = backbone.tower(tower_name)
-            n = c.text_tokens if tower_name == "text" and c.text_tokens else c.num_tokens
+            text_side = tower_name in ("text", "decoder")
+            n = c.text_tokens if text_side and c.text_tokens else c.num_tokens
             layers = (c.depth or tower.depth) if c.deep else 1
             if layers > tower.depth:
                 raise UserError(f"vpt: depth {layers} exceeds the {tower_name} tower's {tower.depth} layers")

@@ -137,9 +137,9 @@ def test_adapter_and_lora_start_at_the_backbone_and_lora_merges():
     torch.testing.assert_close(_logits(model), unmerged, atol=1e-5, rtol=1e-5)
 
 
-def test_image_only_methods_refuse_the_encoder_decoder():
+def test_classification_only_methods_refuse_the_encoder_decoder():
     from petlbench.errors import UserError
 
-    for method in ("vpt", "linear", "coop"):
+    for method in ("linear", "coop", "cocoop", "zeroshot"):
         with pytest.raises(UserError):
             get_method(method).check_compatible("ofa-test", "ofa", ("encoder", "decoder"))

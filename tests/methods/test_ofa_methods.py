@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ofa_models import VOCAB, ofa_batch, ofa_model
 
 from petlbench.backbones.ofa import build_ofa_backbone
 from petlbench.backbones.ofa.generator import OFAGenerator
 from petlbench.methods.registry import get_method
-
-VOCAB = 300
 
 
 @pytest.fixture(autouse=True)
@@ -21,22 +20,8 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _model(method: str, **options):
-    backbone = build_ofa_backbone("ofa-test", pretrained=False, vocab_size=VOCAB)
-    cls = get_method(method)
-    cls.check_compatible(backbone.name, backbone.kind, backbone.tower_names)
-    m = cls({**cls.kind_defaults("ofa"), **options})
-    m.attach(backbone)
-    return OFAGenerator(backbone, m), m
-
-
-def _batch(seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    src = torch.randint(4, VOCAB, (2, 6), generator=gen)
-    src[:, 0], src[:, -1] = 0, 2
-    prev = torch.randint(4, VOCAB, (2, 4), generator=gen)
-    prev[:, 0] = 0
-    return src, torch.rand(2, 3, 64, 64, generator=gen), prev
+_model = ofa_model
+_batch = ofa_batch
 
 
 def _logits(model, seed: int = 0):

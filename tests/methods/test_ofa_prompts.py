@@ -8,18 +8,16 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from ofa_models import VOCAB, ofa_backbone, ofa_batch, ofa_model
 
 import petlbench.backbones.attention as attention
-from petlbench.backbones.ofa import build_ofa_backbone
 from petlbench.backbones.ofa.generator import OFAGenerator
 from petlbench.errors import UserError
 from petlbench.harness.cli import main
 from petlbench.harness.store import Store
 from petlbench.methods.adapt import Adapt
-from petlbench.methods.registry import get_method
 from petlbench.methods.vpt import VPT
 
-VOCAB = 300
 D, LAYERS = 64, 2  # ofa-test: width 64, 2 encoder + 2 decoder layers
 
 
@@ -33,27 +31,14 @@ def _one_thread(monkeypatch, tmp_path_factory):
 
 
 def _backbone():
-    torch.manual_seed(0)
-    return build_ofa_backbone("ofa-test", pretrained=False, vocab_size=VOCAB)
+    return ofa_backbone(seed=0)
 
 
 def _model(method: str, **options):
-    backbone = _backbone()
-    cls = get_method(method)
-    cls.check_compatible(backbone.name, backbone.kind, backbone.tower_names)
-    m = cls({**cls.kind_defaults("ofa"), **options})
-    torch.manual_seed(1)
-    m.attach(backbone)
-    return OFAGenerator(backbone, m), m
+    return ofa_model(method, _backbone(), method_seed=1, **options)
 
 
-def _batch(seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    src = torch.randint(4, VOCAB, (2, 6), generator=gen)
-    src[:, 0], src[:, -1] = 0, 2
-    prev = torch.randint(4, VOCAB, (2, 4), generator=gen)
-    prev[:, 0] = 0
-    return src, torch.rand(2, 3, 64, 64, generator=gen), prev
+_batch = ofa_batch
 
 
 def _outputs(model, seed: int = 0):

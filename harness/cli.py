@@ -197,10 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--no-manifest", action="store_true", help="do not hash files")
     dc.add_argument("--no-decode", action="store_true", help="only check that files exist (fast)")
     dc.add_argument("--json", action="store_true", help="print the result as JSON")
-    dp = dsub.add_parser("prepare", help="say what is missing and where to get it")
+    dp = dsub.add_parser("prepare", help="say what is missing and where to get it; --download fetches it")
     dp.add_argument("--suite", required=True)
     dp.add_argument("--data-root", type=Path, required=True)
     dp.add_argument("--tasks", help="a subset of the suite's tasks, comma-separated")
+    dp.add_argument(
+        "--download",
+        action="store_true",
+        help="download what public servers hold (original image archives, Hub datasets) into the layout",
+    )
 
     lr = sub.add_parser("runs", help="list stored runs")
     lr.add_argument("--store", type=Path, default=DEFAULT_STORE)

@@ -492,10 +492,13 @@ def cmd_data(args: argparse.Namespace) -> int:
         raise UserError(f"--data-root {args.data_root} is not a folder")
     tasks = [suite.task(t) for t in _csv(args.tasks)] if args.tasks else list(suite.tasks)
     if args.data_command == "prepare":
+        from . import data_download as dl
+
+        fetch_column = "downloaded / still to fetch by hand" if args.download else "what to fetch"
         table = Table(title=f"data for suite {suite.name} under {args.data_root}")
-        for col in ("task", "loader", "status", "what to fetch (by hand: no downloads are made)"):
+        for col in ("task", "loader", "status", fetch_column):
             table.add_column(col, overflow="fold")
-        missing = 0
+        missing = downloadable = 0
         for task in tasks:
             check = dc.check_task(task, args.data_root, None, decode=False)
             if check.skipped:
@@ -504,13 +507,39 @@ def cmd_data(args: argparse.Namespace) -> int:
             if check.ok:
                 table.add_row(task.name, task.loader, "[green]present[/]", "-")
                 continue
+            notes = []
+            if args.download and dl.can_download(task):
+                try:
+                    with console.status(f"downloading {task.name}") as status:
+                        notes += dl.download_task(
+                            task,
+                            args.data_root,
+                            lambda f, n, total, s=status: s.update(
+                                f"downloading {f}: {n / 2**20:.0f}"
+                                + (f" / {total / 2**20:.0f}" if total else "")
+                                + " MiB"
+                            ),
+                        )
+                except UserError as err:
+                    notes.append(f"[red]{err}[/]")
+                check = dc.check_task(task, args.data_root, None, decode=False)
+                if check.ok:
+                    table.add_row(task.name, task.loader, "[green]downloaded[/]", "; ".join(notes))
+                    continue
+            downloadable += bool(not args.download and dl.can_download(task))
             missing += 1
             problem = check.error or f"{len(check.missing)} of {check.files} images missing"
-            table.add_row(task.name, task.loader, f"[red]missing[/]: {problem}", dc.how_to_get(task))
+            still = "; ".join([*notes, dc.how_to_get(task)])
+            table.add_row(task.name, task.loader, f"[red]missing[/]: {problem}", still)
         out.print(table)
         if missing:
+            hint = (
+                f" ({downloadable} of them can be downloaded: add --download on a machine with a network)"
+                if downloadable
+                else ""
+            )
             console.print(
-                f"{missing} task(s) need data; fetch them as listed (petlbench downloads nothing), then run "
+                f"{missing} task(s) need data{hint}; fetch the rest as listed, then run "
                 f"`bench data check --suite {args.suite} --data-root {args.data_root}`"
             )
         return 1 if missing else 0

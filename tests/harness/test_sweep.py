@@ -183,3 +183,13 @@ def test_a_killed_ray_worker_is_retried_and_each_spec_is_stored_once(tmp_path, r
     records = store.records()
     assert len(records) == 8 and len({r.run_id for r in records}) == 8
     assert all(r.status == "finished" for r in records)
+
+
+def test_ray_executor_without_ray_is_one_line(tmp_path, monkeypatch, capsys):
+    from petlbench.harness.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    args = ["sweep", "--methods", "linear", "--suite", "smoke", "--executor", "ray"]
+    code = main([*args, "--store", str(tmp_path / "s.sqlite")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "pip install -e '.[ray]'" in err

@@ -12,7 +12,7 @@ from petlbench.errors import UserError
 
 from .base import Backbone
 from .random_features import random_feature_init
-from .tower import BlockView, Tower
+from .tower import BlockView, Inserted, Tower, insert_tokens
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -48,9 +48,13 @@ def _open_clip_views(resblocks: nn.ModuleList, where: str) -> list[BlockView]:
 
 class ClipImageTower(Tower):
     """open_clip ``VisionTransformer``: conv patches, CLS, position embedding, ``ln_pre``, blocks,
-    ``ln_post`` on CLS, projection. Input tokens go after CLS and get no position embedding."""
+    ``ln_post`` on CLS, projection. Input tokens get no position embedding; they go after CLS or at
+    the end, after ``ln_pre``, or, for layer 0's ``before_norm`` slot, after the position embedding
+    and before ``ln_pre`` (the layout of MaPLe's VPT and IVLP vision prompts:
+    muzairkhattak/multimodal-prompt-learning clip/model.py:L400-411)."""
 
     name = "image"
+    accepts_before_norm = True
 
     def __init__(self, visual: nn.Module) -> None:
         super().__init__()
@@ -61,16 +65,23 @@ class ClipImageTower(Tower):
         self.heads = visual.transformer.resblocks[0].attn.num_heads
         self._init_slots(_open_clip_views(visual.transformer.resblocks, "CLIP image tower"))
 
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+    def embed(self, pixels: torch.Tensor, inserted: Inserted | None = None) -> torch.Tensor:
+        """Patch, CLS and position embeddings, patch dropout, ``ln_pre``. With ``inserted``, layer 0's
+        ``before_norm`` input tokens are placed before ``ln_pre`` (and counted in ``inserted``);
+        without it none are."""
         v = self.visual
         x = v.conv1(pixels)
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
-        return v.ln_pre(v.patch_dropout(x))
+        x = v.patch_dropout(torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype))
+        first = self.slots[0].input_tokens if self.slots else None
+        if inserted is not None and first is not None and first.before_norm:
+            x = insert_tokens(x, first, inserted)  # prompts pass through ln_pre (clip/model.py:L404-411)
+        return v.ln_pre(x)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x, _ = self.run_blocks(self.embed(pixels))
+        inserted = Inserted()
+        x, _ = self.run_blocks(self.embed(pixels, inserted), inserted)
         pooled = self.visual.ln_post(x[:, 0])
         return pooled @ self.visual.proj if self.visual.proj is not None else pooled
 

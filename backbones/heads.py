@@ -22,10 +22,26 @@ class LinearHead(nn.Module):
         return self.fc(features)
 
 
+def prompt_class_name(name: str) -> str:
+    """A class name as it goes into a CLIP prompt: ``"_"`` becomes ``" "`` (``american_bulldog`` ->
+    ``american bulldog``). The one place every CLIP prompt builder uses: the text head (zero-shot and
+    every image-only method on CLIP) and CoOp's/CoCoOp's prompt layout. As the references do:
+    KaiyangZhou/CoOp ``trainers/zsclip.py`` L43 (and L90, the ensemble) ``temp.format(c.replace("_", " "))``,
+    ``trainers/coop.py`` L98 and ``trainers/cocoop.py`` L104
+    ``classnames = [name.replace("_", " ") for name in classnames]``."""
+    return name.replace("_", " ")
+
+
+def class_prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Prompt texts, class-major (all templates of class 0, then class 1, ...)."""
+    return [t.format(prompt_class_name(c)) for c in class_names for t in templates]
+
+
 class TextClassifierHead(nn.Module):
     """CLIP classifier: class prompts from templates x class names through the text tower; cosine
     logits scaled by the model's logit scale. Text features are computed once and cached whenever
-    the text tower carries no trainable parameter (DESIGN section 8)."""
+    the text tower carries no trainable parameter (DESIGN section 8). Class names enter the prompts
+    with ``_`` read as a space (:func:`prompt_class_name`); ``prompt_texts`` holds the texts built."""
 
     def __init__(self, backbone: Backbone, class_names: Sequence[str], templates: Sequence[str]) -> None:
         super().__init__()
@@ -34,8 +50,8 @@ class TextClassifierHead(nn.Module):
         self.__dict__["backbone"] = backbone  # a reference, not a submodule: the classifier owns it
         self.class_names = list(class_names)
         self.templates = list(templates)
-        prompts = [t.format(c) for c in self.class_names for t in self.templates]
-        self.register_buffer("token_ids", backbone.tokenize(prompts), persistent=False)
+        self.prompt_texts = class_prompts(self.class_names, self.templates)  # class-major
+        self.register_buffer("token_ids", backbone.tokenize(self.prompt_texts), persistent=False)
         self._cache: torch.Tensor | None = None
 
     def invalidate(self) -> None:

@@ -34,20 +34,66 @@ def _active(tokens: torch.Tensor, mask: torch.Tensor | None, dim: int) -> torch.
 class InputTokens:
     """Tokens placed in the residual stream before a layer (VPT, E²VPT visual prompts).
 
-    ``mode='replace'`` drops the tokens an earlier layer inserted at the same position (deep VPT);
-    ``'keep'`` adds to them. ``position='after_first'`` is after CLS (image) or SOS (text);
-    ``'end'`` appends (not allowed on causal towers, where nothing after EOT is ever read).
+    ``tokens`` is (n, d), one set shared by every example of a batch, or (B, n, d), one set per
+    example (the tower checks B against its batch). ``mode='replace'`` drops the tokens an earlier
+    layer inserted at the same position (deep VPT); ``'keep'`` adds to them. ``position='after_first'``
+    is after CLS (image) or SOS (text); ``'end'`` appends (not allowed on causal towers, where nothing
+    after EOT is ever read).
+
+    ``dropout`` (prompt dropout) draws its mask per example when ``per_example_dropout`` (the
+    references expand the prompts over the batch, then drop out: KMnP/vpt
+    src/models/vit_prompt/vit.py:L82 and L114-115); ``False`` draws one mask shared by the batch
+    (KMnP/vpt's Swin deep prompts, src/models/vit_prompt/swin_transformer.py:L255). With no dropout,
+    or in eval mode, shared tokens are only expanded (a view): no per-example cost.
+
+    ``before_norm`` (layer 0 only, towers that set ``Tower.accepts_before_norm``): the tokens enter
+    before the tower's input LayerNorm and pass through it (CLIP's ``ln_pre``: MaPLe's VPT appends
+    its vision prompts after the position embedding and before ``ln_pre``,
+    muzairkhattak/multimodal-prompt-learning clip/model.py:L400-411).
     """
 
-    tokens: torch.Tensor  # (n, d)
+    tokens: torch.Tensor  # (n, d) shared, or (B, n, d) per example
     mode: Mode = "replace"
     position: Position = "after_first"
     mask: torch.Tensor | None = None  # (n,) bool, True = active
     dropout: nn.Module | None = None
+    per_example_dropout: bool = True
+    before_norm: bool = False
+
+    def select(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The active tokens before dropout, and a multiplier (broadcast over them) applied after
+        dropout, or None. Subclasses with gates (E²VPT) override this."""
+        return _active(self.tokens, self.mask, self.tokens.dim() - 2), None
 
     def active(self) -> torch.Tensor:
-        tokens = _active(self.tokens, self.mask, 0)
-        return self.dropout(tokens) if self.dropout is not None else tokens
+        """The active tokens in the slot's own shape ((n, d) or (B, n, d)) with dropout applied to
+        that tensor: for shared tokens one mask for the whole batch. Towers use :meth:`for_batch`."""
+        tokens, scale = self.select()
+        if self.dropout is not None:
+            tokens = self.dropout(tokens)
+        return tokens * scale.to(tokens.dtype) if scale is not None else tokens
+
+    def drops(self) -> bool:
+        """True when dropout would change the tokens now (a module in train mode with p > 0)."""
+        d = self.dropout
+        return d is not None and d.training and float(getattr(d, "p", 1.0)) > 0
+
+    def for_batch(self, batch: int) -> torch.Tensor:
+        """The tokens for a batch of ``batch`` examples, (B, n, d); per-example dropout masks when
+        ``per_example_dropout`` and dropout is active, else one mask (or none) for the batch."""
+        tokens, scale = self.select()
+        if tokens.dim() == 3:
+            if tokens.shape[0] != batch:
+                raise ValueError(f"per-example input tokens for {tokens.shape[0]} examples, batch of {batch}")
+        elif tokens.dim() != 2:
+            raise ValueError(f"input tokens must be (n, d) or (B, n, d), got {tuple(tokens.shape)}")
+        elif self.per_example_dropout and self.drops():
+            tokens = tokens.unsqueeze(0).expand(batch, -1, -1)  # expand, then drop out (KMnP vit.py:L82)
+        if self.dropout is not None:
+            tokens = self.dropout(tokens)
+        if scale is not None:
+            tokens = tokens * scale.to(tokens.dtype)
+        return tokens if tokens.dim() == 3 else tokens.unsqueeze(0).expand(batch, -1, -1)
 
 
 @dataclass

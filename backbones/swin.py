@@ -47,7 +47,7 @@ from .base import Backbone
 from .random_features import random_feature_init
 from .slots import InputTokens, LayerSlots
 from .tower import BlockView, Inserted, Tower
-from .vit import create_timm_model, timm_image_facts
+from .vit import IMAGENET_MEAN, IMAGENET_STD, create_timm_model, timm_image_facts
 
 TINY_SWIN = {
     "img_size": 32,
@@ -189,7 +189,7 @@ def _swin_views(swin: nn.Module) -> list[SwinBlockView]:
 def _place_prompts(prompts: torch.Tensor, slot: InputTokens, inserted: Inserted, batch: int) -> torch.Tensor:
     """Put ``slot``'s tokens into the prompt stream (B, n, C): after-first prompts lead, end ones trail;
     ``replace`` drops those an earlier layer put at the same place (deep prompts)."""
-    tokens = slot.active().to(prompts.dtype).unsqueeze(0).expand(batch, -1, -1)
+    tokens = slot.for_batch(batch).to(prompts.dtype)
     if tokens.shape[-1] != prompts.shape[-1]:
         raise ValueError(
             f"prompt tokens of width {tokens.shape[-1]} do not fit a Swin layer of width {prompts.shape[-1]}"
@@ -256,7 +256,7 @@ class TimmSwinBackbone(Backbone):
     kind = "swin"
 
     def __init__(self, name: str, swin: nn.Module, config: dict) -> None:
-        facts = timm_image_facts(swin, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        facts = timm_image_facts(swin, IMAGENET_MEAN, IMAGENET_STD)
         super().__init__(name, {"image": SwinImageTower(swin)}, config=config, **facts)
         self.freeze()
 

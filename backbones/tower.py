@@ -70,8 +70,10 @@ class Inserted:
 
 
 def insert_tokens(x: torch.Tensor, slot: InputTokens, inserted: Inserted) -> torch.Tensor:
-    """Place ``slot``'s active tokens into ``x`` (B, L, d), replacing or keeping earlier ones."""
-    tokens = slot.active().to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+    """Place ``slot``'s active tokens into ``x`` (B, L, d), replacing or keeping earlier ones. Shared
+    (n, d) tokens are expanded over the batch; prompt dropout draws its masks per example (see
+    :meth:`InputTokens.for_batch`)."""
+    tokens = slot.for_batch(x.shape[0]).to(x.dtype)
     n = tokens.shape[1]
     if slot.position == "after_first":
         drop = inserted.after_first if slot.mode == "replace" else 0
@@ -107,6 +109,9 @@ class Tower(nn.Module):
     heads: int
     depth: int
     causal: bool = False
+    # True where the tower's embedding places layer 0's ``before_norm`` input tokens before its input
+    # LayerNorm (the CLIP image tower's ``ln_pre``); elsewhere such a slot is refused.
+    accepts_before_norm: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -169,18 +174,42 @@ class Tower(nn.Module):
                     return True
         return bool(getattr(self, "token_embeddings", None))
 
-    def run_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, Inserted]:
-        """Run every layer, inserting input tokens where slots ask. Returns the stream and counts."""
-        if self.causal:
-            for s in self.slots:
-                if s.input_tokens is not None and s.input_tokens.position == "end":
-                    raise ValueError(
-                        f"tower {self.name!r} is causal: tokens appended at the end are never read; "
-                        "use position='after_first'"
-                    )
-        inserted = Inserted()
+    def check_input_tokens(self) -> None:
+        """Refuse input-token slots this tower cannot honour (``end`` on a causal tower, ``before_norm``
+        other than at layer 0 of a tower that accepts it)."""
+        for layer, s in enumerate(self.slots):
+            slot = s.input_tokens
+            if slot is None:
+                continue
+            if self.causal and slot.position == "end":
+                raise ValueError(
+                    f"tower {self.name!r} is causal: tokens appended at the end are never read; "
+                    "use position='after_first'"
+                )
+            if slot.before_norm and (layer != 0 or not self.accepts_before_norm):
+                raise ValueError(
+                    f"tower {self.name!r}: input tokens before the input norm (before_norm) are only "
+                    "possible at layer 0 of a tower with an input LayerNorm (CLIP's image tower); "
+                    f"got layer {layer}"
+                )
+
+    def run_blocks(self, x: torch.Tensor, inserted: Inserted | None = None) -> tuple[torch.Tensor, Inserted]:
+        """Run every layer, inserting input tokens where slots ask. Returns the stream and counts.
+
+        ``inserted``: the tokens the tower's embedding already placed in ``x`` (layer 0's
+        ``before_norm`` slot, which is then not inserted again); a ``before_norm`` slot without it is
+        an error (the tokens would be lost)."""
+        self.check_input_tokens()
+        first = self.slots[0].input_tokens if self.slots else None
+        if first is not None and first.before_norm and inserted is None:
+            raise ValueError(
+                f"tower {self.name!r}: layer 0's before_norm tokens are placed by the tower's embedding; "
+                "pass the Inserted counts it returned (or call the tower's forward)"
+            )
+        inserted = inserted if inserted is not None else Inserted()
         for layer, (view, slots) in enumerate(zip(self._views, self.slots, strict=True)):
-            if slots.input_tokens is not None:
-                x = insert_tokens(x, slots.input_tokens, inserted)
+            slot = slots.input_tokens
+            if slot is not None and not slot.before_norm:
+                x = insert_tokens(x, slot, inserted)
             x = view.forward(x, slots, self.layer_heads(layer), self.causal)
         return x, inserted

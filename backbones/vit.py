@@ -13,6 +13,15 @@ from .base import Backbone
 from .random_features import random_feature_init
 from .tower import BlockView, Tower, strip_inserted
 
+# ImageNet mean/std, as VPT and E2VPT normalise every image for every backbone
+# (KMnP/vpt src/data/datasets/tf_dataset.py:75-76 (VTAB), src/data/transforms.py:8-10 (FGVC);
+# ChengHan111/E2VPT src/data/datasets/tf_dataset.py:76-77, src/data/transforms.py:8-10).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# timm's default for its ViTs (timm.data.constants IMAGENET_INCEPTION_MEAN/STD): inputs in [-1, 1].
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
 
 def _timm_views(blocks: nn.Sequential) -> list[BlockView]:
     from timm.layers import Attention
@@ -67,16 +76,22 @@ class TimmViTImageTower(Tower):
 
 
 def timm_image_facts(
-    model: nn.Module, default_mean: tuple[float, ...], default_std: tuple[float, ...]
+    model: nn.Module,
+    default_mean: tuple[float, ...],
+    default_std: tuple[float, ...],
+    *,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
-    """What a :class:`Backbone` needs to know of a timm image model: input size, normalisation (its
-    pretrained config's, else the defaults given), feature size, interpolation."""
+    """What a :class:`Backbone` needs to know of a timm image model: input size, normalisation
+    (``mean``/``std`` when given, which override timm's; else its pretrained config's; else the
+    defaults given), feature size, interpolation."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     size = model.patch_embed.img_size
     return {
         "image_size": int(size[0] if isinstance(size, tuple | list) else size),
-        "mean": cfg.get("mean", default_mean),
-        "std": cfg.get("std", default_std),
+        "mean": mean if mean is not None else cfg.get("mean", default_mean),
+        "std": std if std is not None else cfg.get("std", default_std),
         "feature_dim": int(model.num_features),
         "interpolation": cfg.get("interpolation", "bicubic"),
     }
@@ -99,15 +114,33 @@ def create_timm_model(arch: str, pretrained: bool) -> nn.Module:
 class TimmViTBackbone(Backbone):
     kind = "vit"
 
-    def __init__(self, name: str, vit: nn.Module, config: dict) -> None:
-        facts = timm_image_facts(vit, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    def __init__(
+        self,
+        name: str,
+        vit: nn.Module,
+        config: dict,
+        *,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+    ) -> None:
+        facts = timm_image_facts(vit, INCEPTION_MEAN, INCEPTION_STD, mean=mean, std=std)
         super().__init__(name, {"image": TimmViTImageTower(vit)}, config=config, **facts)
         self.freeze()
 
 
-def build_timm_vit(name: str, arch: str, pretrained: bool) -> TimmViTBackbone:
+def build_timm_vit(
+    name: str,
+    arch: str,
+    pretrained: bool,
+    *,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> TimmViTBackbone:
+    """A timm ViT by name, without its classifier. ``mean``/``std`` override the normalisation of
+    timm's pretrained config (``vit-b16``: timm says 0.5 for ``orig_in21k``, VPT uses ImageNet's)."""
     vit = create_timm_model(arch, pretrained)
-    return TimmViTBackbone(name, vit, {"source": "timm", "arch": arch, "pretrained": pretrained})
+    config = {"source": "timm", "arch": arch, "pretrained": pretrained}
+    return TimmViTBackbone(name, vit, config, mean=mean, std=std)
 
 
 def build_tiny_vit(name: str, seed: int = 0) -> TimmViTBackbone:

@@ -69,47 +69,58 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bench", description="petlbench: train and compare parameter-efficient tuning methods")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    r = sub.add_parser("run", help="train and evaluate a method on a suite")
-    r.add_argument("--method", required=True, help="a registered method (see `bench methods`)")
-    r.add_argument(
-        "--suite", required=True, help="a suite name (see `bench suites`) or a path to a suite YAML"
-    )
-    r.add_argument("--backbone", help="backbone(s), comma-separated (default: the suite's backbones)")
-    r.add_argument("--tasks", help="a subset of the suite's tasks, comma-separated")
-    r.add_argument("--seeds", help="seeds, comma-separated (default: the suite's seeds)")
-    r.add_argument("--data-root", type=Path, help="folder holding the suite's datasets")
-    r.add_argument(
-        "--store", type=Path, default=DEFAULT_STORE, help=f"results database (default {DEFAULT_STORE})"
-    )
-    r.add_argument(
-        "--set",
-        dest="method_options",
-        action="append",
-        metavar="KEY=VALUE",
-        help="a method option, e.g. --set num_tokens=10 --set deep=true",
-    )
-    r.add_argument(
-        "--protocol",
-        dest="protocol_options",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override the suite protocol, e.g. --protocol epochs=20 --protocol lr=0.05",
-    )
-    r.add_argument("--random-init", action="store_true", help="random backbone weights (architecture only)")
-    r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
-    r.add_argument("--json", action="store_true", help="print the results as JSON lines instead of a table")
-    r.add_argument("--no-fgsm", action="store_true", help="skip the FGSM robustness measurement")
-    r.add_argument(
-        "--fgsm-eps",
-        default="1/255,2/255,4/255,8/255",
-        help="FGSM epsilons in pixel space, comma-separated; fractions allowed (default %(default)s)",
-    )
-    r.add_argument(
-        "--fgsm-examples",
-        type=int,
-        default=500,
-        help="attack at most this many test examples (default %(default)s)",
-    )
+    for verb, text in (
+        ("run", "train and evaluate a method on a suite"),
+        (
+            "plan",
+            "print every run `bench run` would do (effective protocol, sources, deviations), no training",
+        ),
+    ):
+        r = sub.add_parser(verb, help=text)
+        r.add_argument("--method", required=True, help="a registered method (see `bench methods`)")
+        r.add_argument(
+            "--suite", required=True, help="a suite name (see `bench suites`) or a path to a suite YAML"
+        )
+        r.add_argument("--backbone", help="backbone(s), comma-separated (default: the suite's backbones)")
+        r.add_argument("--tasks", help="a subset of the suite's tasks, comma-separated")
+        r.add_argument("--seeds", help="seeds, comma-separated (default: the suite's seeds)")
+        r.add_argument("--data-root", type=Path, help="folder holding the suite's datasets")
+        r.add_argument(
+            "--store", type=Path, default=DEFAULT_STORE, help=f"results database (default {DEFAULT_STORE})"
+        )
+        r.add_argument(
+            "--set",
+            dest="method_options",
+            action="append",
+            metavar="KEY=VALUE",
+            help="a method option, e.g. --set num_tokens=10 --set deep=true",
+        )
+        r.add_argument(
+            "--protocol",
+            dest="protocol_options",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override the suite protocol, e.g. --protocol epochs=20 --protocol lr=0.05",
+        )
+        r.add_argument(
+            "--random-init", action="store_true", help="random backbone weights (architecture only)"
+        )
+        r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
+        r.add_argument(
+            "--json", action="store_true", help="print the results as JSON lines instead of a table"
+        )
+        r.add_argument("--no-fgsm", action="store_true", help="skip the FGSM robustness measurement")
+        r.add_argument(
+            "--fgsm-eps",
+            default="1/255,2/255,4/255,8/255",
+            help="FGSM epsilons in pixel space, comma-separated; fractions allowed (default %(default)s)",
+        )
+        r.add_argument(
+            "--fgsm-examples",
+            type=int,
+            default=500,
+            help="attack at most this many test examples (default %(default)s)",
+        )
 
     for name, text in (
         ("methods", "registered methods"),
@@ -167,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a searched hyperparameter (protocol field or method option), e.g. --grid lr=0.1,0.01",
     )
     sw.add_argument("--search-seed", type=int, help="seed of the search trials (default: the first seed)")
+    sw.add_argument(
+        "--no-search",
+        action="store_true",
+        help="run the suite's fixed protocol, not its reference search space (recorded as a deviation)",
+    )
     sw.add_argument("--set", dest="method_options", action="append", metavar="KEY=VALUE")
     sw.add_argument("--protocol", dest="protocol_options", action="append", metavar="KEY=VALUE")
     sw.add_argument("--executor", choices=("local", "ray"), default="local")

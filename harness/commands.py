@@ -21,17 +21,15 @@ console = Console(stderr=True)
 out = Console()
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _planned(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """The suite and the specs of `bench run` / `bench plan` (one planning path for both)."""
     from petlbench.benchmarks.suites import load_suite
 
-    from .runner import Runner, plan_runs
-    from .store import Store
+    from .plan import plan_runs
 
     suite = load_suite(args.suite)
     if args.data_root is not None and not args.data_root.is_dir():
         raise UserError(f"--data-root {args.data_root} is not a folder")
-    if suite.needs_data_root and args.data_root is None:
-        raise UserError(f"suite {suite.name!r} reads datasets from disk: pass --data-root FOLDER")
     specs, notes = plan_runs(
         args.method,
         suite,
@@ -47,6 +45,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")
+    return suite, specs
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Every run `bench run` would do, with its effective protocol, without training."""
+    from .plan import describe_plan
+
+    suite, specs = _planned(args)
+    lines = [describe_plan(spec, suite) for spec in specs]
+    if args.json:
+        for line in lines:
+            print(json.dumps(line, sort_keys=True), flush=True)
+        return 0
+    t = Table(title=f"bench plan: {len(lines)} runs of {args.method} on {suite.name}")
+    for col in (
+        "backbone",
+        "task",
+        "seed",
+        "epochs",
+        "batch",
+        "lr",
+        "schedule",
+        "augmentation",
+        "deviations",
+    ):
+        t.add_column(col)
+    for line in lines:
+        p = line["protocol"]
+        devs = ", ".join(d["id"] for d in line["deviations"]) or "reference protocol"
+        t.add_row(
+            line["backbone"],
+            line["task"],
+            str(line["seed"]),
+            f"{p['epochs']} ({line['protocol_source']['epochs']})",
+            f"{p['batch_size']} ({line['protocol_source']['batch_size']})",
+            f"{p['lr']:g} ({line['protocol_source']['lr']})",
+            p["schedule"],
+            p["augmentation"],
+            devs,
+        )
+    out.print(t)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import Runner
+    from .store import Store
+
+    suite, specs = _planned(args)
+    if suite.needs_data_root and args.data_root is None:
+        raise UserError(f"suite {suite.name!r} reads datasets from disk: pass --data-root FOLDER")
     store = Store(args.store)
     runner = Runner(
         store,
@@ -108,7 +157,7 @@ def _print_results(outcomes: list[Any], store: Path) -> None:
     per_backbone: dict[str, list[float]] = defaultdict(list)
     for (backbone, task), items in groups.items():
         metric = items[0].result.get("metric", "accuracy")
-        values = [o.metrics[metric] for o in items]
+        values = [o.metrics.get(metric, float("nan")) for o in items]
         mean = statistics.fmean(values)
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         params = items[0].result.get("parameters", {})
@@ -426,6 +475,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             tasks=_csv(args.tasks),
             seeds=_seeds(args.seeds),
             grid=grid,
+            search=not args.no_search,
             search_seed=args.search_seed,
             method_config=_assignments(args.method_options, "--set"),
             protocol_overrides=_assignments(args.protocol_options, "--protocol"),

@@ -95,6 +95,7 @@ def fgsm(
         "space": "pixels in [0, 1], normalisation inside the model",
         "examples": n,
         "clean": clean,
+        "unit": "pixel",
         "eps": [float(e) for e in epsilons],
         "accuracy": robust,
         "drop": [clean - r for r in robust],

@@ -6,6 +6,7 @@ A finished spec is never run twice (its hash is its identity). A run that dies l
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 import time
@@ -20,9 +21,10 @@ import torch
 from petlbench.backbones.base import Backbone
 from petlbench.backbones.classifier import ImageClassifier
 from petlbench.backbones.heads import LinearHead, TextClassifierHead
-from petlbench.backbones.registry import backbone_entries, backbone_kind, build_backbone
+from petlbench.backbones.registry import backbone_kind, build_backbone
+from petlbench.benchmarks.augment import get_augmentation
 from petlbench.benchmarks.data import TaskData, TensorImageDataset
-from petlbench.benchmarks.datasets import load_task, loader_entry
+from petlbench.benchmarks.datasets import load_task
 from petlbench.benchmarks.fewshot import few_shot_splits
 from petlbench.benchmarks.metrics import get_metric
 from petlbench.benchmarks.suites import Protocol, Suite, TaskSpec
@@ -38,8 +40,6 @@ from .robustness import DEFAULT_EPSILONS, fgsm
 from .spec import RunSpec
 from .store import Store
 from .trainer import TrainConfig, Trainer, TrainResult, image_features, predict
-
-KIND_TOWERS = {"clip": ("image", "text"), "ofa": ("encoder", "decoder")}  # other kinds: ("image",)
 
 
 @dataclass
@@ -65,91 +65,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def plan_runs(
-    method: str,
-    suite: Suite,
-    *,
-    backbones: Sequence[str] | None = None,
-    tasks: Sequence[str] | None = None,
-    seeds: Sequence[int] | None = None,
-    method_config: dict[str, Any] | None = None,
-    protocol_overrides: dict[str, Any] | None = None,
-    pretrained: bool = True,
-    measure: dict[str, Any] | None = None,
-) -> tuple[list[RunSpec], list[str]]:
-    """Expand method x backbones x tasks x seeds into specs. Returns (specs, notes on skipped pairings).
-
-    Backbones the user names must fit the method (a clear error otherwise); of the suite's default
-    backbones, the ones that do not fit are skipped with a note.
-    """
-    method_cls = get_method(method)
-    method_cls(method_config or {})  # a bad option fails before anything is planned
-    entries = backbone_entries()
-    explicit = backbones is not None
-    names = list(backbones) if explicit else list(suite.backbones)
-    notes: list[str] = []
-    chosen: list[str] = []
-    for name in names:
-        if name not in entries:
-            raise UserError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(entries))}")
-        kind = entries[name].kind
-        towers = KIND_TOWERS.get(kind, ("image",))
-        try:
-            method_cls.check_compatible(name, kind, towers)
-        except UserError as err:
-            if explicit:
-                raise
-            notes.append(f"skipped {name}: {err}")
-            continue
-        chosen.append(name)
-    if not chosen:
-        raise UserError(
-            f"method {method!r} fits none of the backbones {', '.join(names)}: " + "; ".join(notes)
-        )
-    task_specs = [suite.task(t) for t in tasks] if tasks else list(suite.tasks)
-    seed_list = list(seeds) if seeds else list(suite.seeds)
-    specs = []
-    for backbone in chosen:
-        # Options whose default depends on the backbone kind (the towers of an encoder-decoder)
-        # sit under the user's options, so the spec records what really runs.
-        given = {**method_cls.kind_defaults(entries[backbone].kind), **(method_config or {})}
-        config = method_cls(given).config_dict()
-        for task in task_specs:
-            mismatch = _generative_mismatch(backbone, entries[backbone].kind, task)
-            if mismatch:
-                if explicit:
-                    raise UserError(mismatch)
-                notes.append(f"skipped {backbone} on {task.name}: {mismatch}")
-                continue
-            protocol = suite.protocol_for(task, method, **(protocol_overrides or {}))
-            proto = protocol.to_dict() | {"backbone_pretrained": bool(pretrained)}
-            for seed in seed_list:
-                specs.append(
-                    RunSpec(
-                        method=method,
-                        method_config=config,
-                        backbone=backbone,
-                        suite=suite.name,
-                        suite_version=str(suite.version),
-                        task=task.name,
-                        protocol=proto,
-                        seed=int(seed),
-                        measure=dict(measure or {}),
-                    )
-                )
-    if not specs:
-        raise UserError(f"nothing to run for method {method!r} on suite {suite.name!r}: " + "; ".join(notes))
-    return specs, notes
-
-
-def _generative_mismatch(backbone: str, kind: str, task: TaskSpec) -> str | None:
-    """Why ``backbone`` cannot run ``task`` (generative tasks need the encoder-decoder), or None."""
-    generative = loader_entry(task.loader).generative
-    if generative and kind != "ofa":
-        return f"task {task.name!r} is generative (image + text -> text) and needs an ofa-* backbone"
-    if kind == "ofa" and not generative:
-        return f"{backbone!r} is generative; task {task.name!r} is classification"
-    return None
+def runtime_deviations(described: dict[str, Any]) -> list[dict[str, str]]:
+    """Deviations only the finished run knows: a method that could not do what its reference does
+    on this run (Adapt's pruning stopping above its target)."""
+    if described.get("reached_target") is False:
+        what = described.get("warning") or "pruning stopped above its target"
+        return [{"id": "pruning-target-not-reached", "what": str(what)}]
+    return []
 
 
 def make_head(method: Method, backbone: Backbone, data: TaskData, task: TaskSpec) -> torch.nn.Module:
@@ -250,13 +172,22 @@ class Runner:
         self.progress = progress
         self._task_cache: dict[str, TaskData] = {}
 
-    def _task_data(self, task: TaskSpec) -> TaskData:
-        if task.name not in self._task_cache:
+    def _task_data(self, task: TaskSpec, decode_size: int | None = None) -> TaskData:
+        """The task's data; with ``decode_size`` decoded as a square of that size (shorter side to it,
+        centre crop) for an augmentation that crops from a larger image (VPT FGVC's Resize(256) +
+        RandomCrop(224))."""
+        key = f"{task.name}@{decode_size}" if decode_size else task.name
+        if key not in self._task_cache:
+            spec = task
+            if decode_size:
+                spec = dataclasses.replace(
+                    task, args={**task.args, "image_size": decode_size, "resize": "center_crop"}
+                )
             try:
-                self._task_cache[task.name] = load_task(task, self.data_root)
+                self._task_cache[key] = load_task(spec, self.data_root)
             except UserError as err:
                 raise UserError(f"suite {self.suite.name!r}, task {task.name!r}: {err}") from None
-        return self._task_cache[task.name]
+        return self._task_cache[key]
 
     def run(self, spec: RunSpec, on_step: Callable[[int, int, float], None] | None = None) -> RunOutcome:
         """Run one spec unless the store already holds it finished; the store sees running ->
@@ -295,6 +226,9 @@ class Runner:
         provenance = self.provenance(spec)
         started = time.perf_counter()
         metrics, result = self._execute(spec, task, data, on_step)
+        result["deviations"] = list(spec.deviations) + runtime_deviations(result.get("method") or {})
+        result["protocol_source"] = dict(spec.protocol_source)
+        result["protocol_refs"] = dict(spec.protocol_refs)
         return ComputedRun(spec, metrics, result, time.perf_counter() - started, provenance)
 
     def finish(self, computed: ComputedRun) -> None:
@@ -332,7 +266,12 @@ class Runner:
         train_split, selection_split = few_shot_splits(
             data, train_name, protocol.selection_split, protocol.shots, spec.seed
         )
-        train = materialize(train_split, size, interp)
+        decode = get_augmentation(protocol.augmentation).decode_size(size)
+        if decode != size:  # the same picks (labels and seed are the same), decoded larger to crop from
+            train_split, _ = few_shot_splits(
+                self._task_data(task, decode), train_name, protocol.selection_split, protocol.shots, spec.seed
+            )
+        train = materialize(train_split, decode, interp)
         selection = materialize(selection_split, size, interp)
         # A search trial (stage "search") is scored on the selection split and never reads the
         # evaluation split: hyperparameters are chosen without seeing test data.
@@ -564,6 +503,9 @@ class Runner:
                         grad_clip=protocol.grad_clip,
                         eval_batch_size=protocol.eval_batch_size,
                         seed=spec.seed + 7919 * index,
+                        schedule=protocol.schedule,
+                        warmup_lr=protocol.warmup_lr,
+                        augmentation=protocol.augmentation,
                     ),
                     device=self.device,
                     checkpoint_path=run_dir / f"stage{index}-{stage.name}.pt"

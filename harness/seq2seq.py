@@ -11,6 +11,14 @@ cosine per step, clipping, per-epoch checkpoints, exact resume) runs unchanged t
   trie allows at each position, as OFA's constraint masks do.
 * Evaluation: beam search (RefCOCO, caption) or all-candidate scoring (SNLI-VE, VQA), then the
   task metric (Acc@0.5, accuracy, VQA soft accuracy, CIDEr-D; caption BLEU-4 / METEOR beside it).
+  The result's ``eval.split`` is the dataset's own name of the split scored (the loader's
+  ``split_names``, e.g. ``val`` or ``test2015``), ``eval.protocol_split`` the protocol's name.
+* A VQA eval split without answers (OFA's ``vqa_test.tsv``: test-dev / test-std are scored only by
+  EvalAI) is not scored here: the metric is left out of the run's metrics and the predictions are
+  written as the official VQA results file (``benchmarks/metrics/ofa.py`` ``write_vqa_results``)
+  next to the store's artifacts, ``<artifacts>/<run_id>.vqa-<split>-results.json``.
+* FGSM (``harness/seq2seq_robustness.py``) attacks the input embeddings, in embedding units; the
+  measure option's ``unit`` decides whether its epsilons apply (see that module).
 """
 
 from __future__ import annotations
@@ -231,6 +239,11 @@ class GenerativeTask:
     def score(self, preds: Sequence[Any], examples: Sequence[OFAExample]) -> float:
         return float(self.metric(list(preds), self.references(examples)))
 
+    def unanswered(self, examples: Sequence[OFAExample]) -> bool:
+        """True for a VQA split whose samples carry no answers at all (the test splits), which can be
+        predicted and submitted but not scored."""
+        return self.task == "vqa" and len(examples) > 0 and not any(e.meta["answers"] for e in examples)
+
     def extra_scores(self, preds: Sequence[Any], examples: Sequence[OFAExample]) -> dict[str, float]:
         """The other caption metrics beside the task metric (python backends)."""
         if self.task != "caption":
@@ -352,8 +365,10 @@ def run_seq2seq(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train and evaluate one generative spec; returns (metrics, result) like the classification path."""
     from .runner import _dtype_name, count_parameters, protocol_of
+    from .seq2seq_robustness import check_fgsm_options
 
     _check_pairing(spec, data)
+    check_fgsm_options(spec.measure.get("fgsm"))  # a bad unit fails before training, not after
     device = runner.device
     protocol = protocol_of(spec)
     model, tokenizer = build_generator(spec, data, device)
@@ -415,10 +430,16 @@ def run_seq2seq(
         final_score, preds = evaluate_split(model, task, final, device, bs)
         eval_time = time.perf_counter() - t0
     examples = [final[i] for i in range(len(final))]
-    metrics = {task.metric_name: final_score, selection_key: selection_score}
+    split_key = protocol.selection_split if searching else protocol.eval_split
+    unanswered = task.unanswered(examples)
+    metrics = {selection_key: selection_score}
+    if not unanswered:
+        metrics[task.metric_name] = final_score
     result["parameters"] = count_parameters(method, model.head, backbone)
     result["eval"] = {
-        "split": protocol.selection_split if searching else protocol.eval_split,
+        "split": data.split_name(split_key),  # the dataset's own name of the split scored
+        "protocol_split": split_key,
+        "scored": not unanswered,
         "examples": len(final),
         "examples_per_second": len(final) / max(1e-9, eval_time),
         "inference": task.inference,
@@ -427,25 +448,26 @@ def run_seq2seq(
         "patch_image_size": size,
         "dtype": _dtype_name(device),
         "memory": eval_peak.result(),
-        "extra": task.extra_scores(preds, examples),
+        "extra": {} if unanswered else task.extra_scores(preds, examples),
         "samples": [_show(p) for p in preds[:5]],
     }
+    if unanswered:
+        result["eval"]["why_unscored"] = (
+            f"split {data.split_name(split_key)!r} has no answers (VQA test-dev/test-std are scored by "
+            "EvalAI); its predictions are in the submission file"
+        )
+        result["eval"]["submission"] = _write_vqa_submission(
+            runner, spec, data.split_name(split_key), preds, examples
+        )
     result["cost"] = generative_cost(model, final, tokenizer)
     if "fgsm" in spec.measure and not searching:
-        from .seq2seq_robustness import fgsm_embeddings
+        from .seq2seq_robustness import fgsm_from_options
 
-        opts = spec.measure["fgsm"]
-        result["robustness"] = {
-            "fgsm": fgsm_embeddings(
-                model,
-                task,
-                final,
-                epsilons=opts.get("epsilons"),
-                device=device,
-                batch_size=bs,
-                max_examples=opts.get("max_examples"),
-            )
-        }
+        if unanswered:
+            fgsm: dict[str, Any] = {"skipped": "the eval split has no gold answers to attack the loss of"}
+        else:
+            fgsm = fgsm_from_options(model, task, final, spec.measure["fgsm"], device=device, batch_size=bs)
+        result["robustness"] = {"fgsm": fgsm}
     if not searching:
         runner._save_artifact(spec, model)  # type: ignore[arg-type]
     result["method"] = method.describe()
@@ -465,10 +487,13 @@ def remeasure_seq2seq(
     tensors: dict[str, torch.Tensor],
     epsilons: Sequence[float] | None,
     max_examples: int | None,
+    unit: str | None = None,
 ) -> dict[str, Any]:
-    """`bench robust RUN` for a generative run: rebuild it from its saved method state, attack again."""
+    """`bench robust RUN` for a generative run: rebuild it from its saved method state, attack again.
+    ``epsilons`` are applied only when ``unit`` is ``"embedding"``; otherwise (pixel epsilons, or
+    none) the embedding default grid is used (``harness/seq2seq_robustness.py``)."""
     from .runner import protocol_of
-    from .seq2seq_robustness import fgsm_embeddings
+    from .seq2seq_robustness import PIXEL_UNIT, fgsm_from_options
 
     model, tokenizer = build_generator(spec, data, runner.device)
     assert model.method is not None
@@ -479,15 +504,36 @@ def remeasure_seq2seq(
     size = int(data.options["patch_image_size"] or model.backbone.image_size)
     protocol = protocol_of(spec)
     final = ExampleSet(data.split(protocol.eval_split), data.task, tokenizer, data.options, size, train=False)
-    return fgsm_embeddings(
-        model,
-        task,
-        final,
-        epsilons=epsilons,
-        device=runner.device,
-        batch_size=protocol.eval_batch_size,
-        max_examples=max_examples,
+    n = len(final) if max_examples is None else min(len(final), int(max_examples))
+    if task.unanswered([final[i] for i in range(n)]):
+        raise UserError(
+            f"run {spec.run_id}: split {data.split_name(protocol.eval_split)!r} has no answers, so there is "
+            "no gold loss to attack"
+        )
+    options = {
+        "epsilons": None if epsilons is None else list(epsilons),
+        "unit": unit or PIXEL_UNIT,
+        "max_examples": max_examples,
+    }
+    return fgsm_from_options(
+        model, task, final, options, device=runner.device, batch_size=protocol.eval_batch_size
     )
+
+
+def _write_vqa_submission(
+    runner: Runner, spec: RunSpec, split: str, preds: Sequence[Any], examples: Sequence[OFAExample]
+) -> dict[str, Any]:
+    """The official VQA results file of an unanswered split, beside the run's saved model in the
+    store's artifacts folder; None (with the reason) when the runner keeps no artifacts."""
+    from petlbench.benchmarks.metrics.ofa import write_vqa_results
+
+    artifact = runner.artifact_path(spec.run_id)
+    if artifact is None:
+        return {"path": None, "why": "the runner has no artifacts folder (no checkpoint_dir)"}
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in split)
+    path = artifact.with_name(f"{spec.run_id}.vqa-{safe}-results.json")
+    ids = [e.meta["uid"] for e in examples]
+    return {"split": split, **write_vqa_results(path, ids, [str(p) for p in preds])}
 
 
 def _show(pred: Any) -> Any:

@@ -17,6 +17,9 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
+NOT_IDENTITY = ("protocol_source", "protocol_refs", "deviations")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     method: str
@@ -29,9 +32,22 @@ class RunSpec:
     seed: int
     stage: str = "final"
     measure: dict[str, Any] = field(default_factory=dict)
+    # What planning knew about the protocol: the layer each protocol value came from and the
+    # reference it reproduces, and the named deviations from the reference protocol. Derived from
+    # the fields above (and the suite), so they are recorded but are not part of the run's identity.
+    protocol_source: dict[str, str] = field(default_factory=dict, compare=False)
+    protocol_refs: dict[str, str] = field(default_factory=dict, compare=False)
+    deviations: list[dict[str, str]] = field(default_factory=list, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that make the run: what the hash is taken of."""
+        data = self.to_dict()
+        for key in NOT_IDENTITY:
+            data.pop(key)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
@@ -39,7 +55,7 @@ class RunSpec:
         return cls(**known)
 
     def canonical_json(self) -> str:
-        return canonical_json(self.to_dict())
+        return canonical_json(self.identity())
 
     @property
     def run_id(self) -> str:

@@ -183,7 +183,7 @@ class Store:
                        started_at = excluded.started_at""",
                 (
                     spec.run_id,
-                    spec.canonical_json(),
+                    canonical_json(spec.to_dict()),
                     spec.method,
                     spec.backbone,
                     spec.suite,
@@ -240,7 +240,7 @@ class Store:
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     spec.run_id,
-                    spec.canonical_json(),
+                    canonical_json(spec.to_dict()),
                     spec.method,
                     spec.backbone,
                     spec.suite,

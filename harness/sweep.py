@@ -1,12 +1,18 @@
-"""`bench sweep`: methods x backbones x tasks x seeds, with an optional hyperparameter grid searched
-on the selection split, run by a local or a Ray executor.
+"""`bench sweep`: methods x backbones x tasks x seeds, with a hyperparameter search on the selection
+split, run by a local or a Ray executor.
 
-With a grid, each cell (method, backbone, task) first runs one *search* trial per grid point (stage
-``search``, seed ``search_seed``; scored on the selection split, the evaluation split is never
-read), picks the best point (ties: the earlier point in grid order), then runs the final seeds with
-it. Every trial and every final run is an ordinary RunSpec in the store, so a sweep that dies is
-resumed by running the same command: nothing finished is repeated. Final runs record the search
-(grid, trials, chosen point, its selection score) in their result.
+The search is the suite's reference search space (``search:`` in the suite file, e.g. VPT's lr x
+weight-decay grid on VTAB-1k, with the lr scaled by batch/256, then E2VPT's pruning rates) unless
+``--grid`` gives one (or ``--no-search`` runs the fixed protocol). Phases are searched one after
+another: each cell (method, backbone, task) runs one *search* trial per point of a phase (stage
+``search``, seed ``search_seed``, trained on the training split without the selection split and
+scored on the selection split; the evaluation split is never read), keeps the best point (ties by
+the search space's ``tie_break``, then grid order), and crosses it with the next phase. The final
+seeds then run with the chosen point (protocol layer ``search``). Every trial and every final run is
+an ordinary RunSpec in the store, so a sweep that dies is resumed by running the same command.
+Final runs record the search (phases, trials, chosen point, its selection score and the trials'
+run ids) in their result: the leaderboard selects between cells by that trial score, never by a
+final run's score on a split it may have trained on.
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from petlbench.benchmarks.suites import Protocol, Suite
+from petlbench.benchmarks.suites import Protocol, SearchSpace, Suite
 from petlbench.errors import UserError
 
 from .executors import Executor, RunDone
-from .runner import plan_runs
+from .plan import plan_runs
 from .spec import RunSpec
 from .store import Store
 
@@ -65,6 +71,9 @@ class Cell:
     method: str
     backbone: str
     task: str
+    batch_size: int = 0  # the cell's batch before the search (for the lr scaling rule)
+    best: dict[str, Any] = field(default_factory=dict)  # chosen point so far (unscaled grid values)
+    best_score: float | None = None
     trials: list[tuple[dict[str, Any], RunSpec]] = field(default_factory=list)
 
 
@@ -76,30 +85,18 @@ class SweepResult:
     failed: list[RunDone]
 
 
-def _specs(
-    method: str,
-    suite: Suite,
-    *,
-    backbones: Sequence[str] | None,
-    tasks: Sequence[str] | None,
-    seeds: Sequence[int] | None,
-    method_config: dict[str, Any],
-    protocol_overrides: dict[str, Any],
-    pretrained: bool,
-    measure: dict[str, Any],
-) -> list[RunSpec]:
-    specs, _ = plan_runs(
-        method,
-        suite,
-        backbones=backbones,
-        tasks=tasks,
-        seeds=seeds,
-        method_config=method_config,
-        protocol_overrides=protocol_overrides,
-        pretrained=pretrained,
-        measure=measure,
-    )
-    return specs
+def _selection_score(done: RunDone) -> float | None:
+    values = [v for k, v in done.metrics.items() if k.startswith("selection_")]
+    return float(values[0]) if values else None
+
+
+def _tie_key(point: dict[str, Any], tie_break: Sequence[tuple[str, str]]) -> tuple[float, ...]:
+    out = []
+    for key, direction in tie_break:
+        value = point.get(key)
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+        out.append(number if direction == "min" else -number)
+    return tuple(out)
 
 
 def run_sweep(
@@ -112,6 +109,7 @@ def run_sweep(
     tasks: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     grid: dict[str, list[Any]] | None = None,
+    search: bool = True,
     search_seed: int | None = None,
     method_config: dict[str, Any] | None = None,
     protocol_overrides: dict[str, Any] | None = None,
@@ -119,42 +117,76 @@ def run_sweep(
     measure: dict[str, Any] | None = None,
     on_event: Callable[[str, RunDone], None] | None = None,
 ) -> SweepResult:
+    """Search (``grid``, else the suite's search space unless ``search`` is False), then the final
+    seeds with each cell's chosen point."""
+    if not methods:
+        raise UserError("--methods names no method")
     seed_list = list(seeds) if seeds else list(suite.seeds)
     search_seed = seed_list[0] if search_seed is None else search_seed
-    points = grid_points(grid or {})
     base_config = dict(method_config or {})
     base_protocol = dict(protocol_overrides or {})
+    if grid:
+        space: SearchSpace | None = SearchSpace((dict(grid),), {})
+        extra = [{"id": "user-search", "what": f"searched the user's --grid {grid} instead of the suite's"}]
+        if suite.search is None:
+            extra = []
+    elif search and suite.search is not None:
+        space, extra = suite.search, []
+    else:
+        space, extra = None, []
     common = {"tasks": tasks, "pretrained": pretrained}
 
     cells: dict[tuple[str, str, str], Cell] = {}
-    search_specs: list[RunSpec] = []
-    if grid:
+    phases: dict[str, list[dict[str, list[Any]]]] = {}
+    if space is not None:
         for method in methods:
-            for point in points:
-                proto, opts = split_point(point)
-                for spec in _specs(
-                    method,
-                    suite,
-                    backbones=backbones,
-                    seeds=[search_seed],
-                    method_config=base_config | opts,
-                    protocol_overrides=base_protocol | proto,
-                    measure={},
-                    **common,
-                ):
-                    spec = dataclasses.replace(spec, stage="search")
-                    key = (spec.method, spec.backbone, spec.task)
-                    cells.setdefault(key, Cell(*key)).trials.append((point, spec))
-                    search_specs.append(spec)
-    search_done = executor.run(search_specs, lambda d: on_event and on_event("search", d))
-    by_id = {d.spec.run_id: d for d in search_done}
+            phases[method] = space.phases_for(method)
+            planned, _ = plan_runs(
+                method,
+                suite,
+                backbones=backbones,
+                seeds=[search_seed],
+                method_config=base_config,
+                protocol_overrides=base_protocol,
+                **common,
+            )
+            for spec in planned:
+                key = (spec.method, spec.backbone, spec.task)
+                cells[key] = Cell(*key, batch_size=int(spec.protocol["batch_size"]))
+
+    search_done: list[RunDone] = []
+    for phase_index in range(max((len(p) for p in phases.values()), default=0)):
+        phase_specs: list[tuple[Cell, dict[str, Any], RunSpec]] = []
+        for cell in cells.values():
+            method_phases = phases[cell.method]
+            if phase_index >= len(method_phases):
+                continue
+            for point in grid_points(method_phases[phase_index]):
+                full = {**cell.best, **point}
+                spec = _cell_spec(suite, cell, full, space, base_config, base_protocol, pretrained, extra)
+                phase_specs.append((cell, full, dataclasses.replace(spec, stage="search", seed=search_seed)))
+        done = executor.run([s for _, _, s in phase_specs], lambda d: on_event and on_event("search", d))
+        search_done += done
+        by_id = {d.spec.run_id: d for d in done}
+        scored: dict[tuple[str, str, str], list[tuple[Any, ...]]] = {}
+        for index, (cell, full, spec) in enumerate(phase_specs):
+            cell.trials.append((full, spec))
+            d = by_id.get(spec.run_id)
+            score = _selection_score(d) if d is not None and d.error is None else None
+            if score is None:
+                continue
+            tie = _tie_key(full, space.tie_break if space is not None else ())
+            scored.setdefault((cell.method, cell.backbone, cell.task), []).append((-score, tie, index, full))
+        for key, items in scored.items():
+            neg, _, _, full = min(items, key=lambda t: (t[0], t[1], t[2]))
+            cells[key].best, cells[key].best_score = full, -neg
 
     chosen: dict[tuple[str, str, str], dict[str, Any]] = {}
     final_specs: list[RunSpec] = []
     search_info: dict[str, dict[str, Any]] = {}
     for method in methods:
-        if not grid:
-            final_specs += _specs(
+        if space is None:
+            final_specs += plan_runs(
                 method,
                 suite,
                 backbones=backbones,
@@ -163,41 +195,35 @@ def run_sweep(
                 protocol_overrides=base_protocol,
                 measure=dict(measure or {}),
                 **common,
-            )
+            )[0]
             continue
         for key, cell in cells.items():
-            if key[0] != method:
-                continue
-            scored = []
-            for index, (point, spec) in enumerate(cell.trials):
-                done = by_id.get(spec.run_id)
-                if done is None or done.error is not None:
-                    continue
-                selection = {k: v for k, v in done.metrics.items() if k.startswith("selection_")}
-                scored.append((-next(iter(selection.values())), index, point, spec))
-            if not scored:
-                continue  # every trial failed; reported in SweepResult.failed
-            score, _, point, spec = min(scored, key=lambda t: (t[0], t[1]))
-            proto, opts = split_point(point)
-            chosen[key] = point
+            if key[0] != method or cell.best_score is None:
+                continue  # every trial of the cell failed: reported in SweepResult.failed
+            chosen[key] = dict(cell.best)
+            proto, _ = split_point(cell.best)
             info = {
-                "grid": grid,
+                "grid": phases[method][0] if len(phases[method]) == 1 else None,
+                "phases": phases[method],
+                "lr_scaling": space.lr_scaling,
                 "trials": len(cell.trials),
                 "search_seed": search_seed,
-                "chosen": point,
-                "selection_score": -score,
+                "chosen": dict(cell.best),
+                "chosen_protocol": space.scaled(proto, int(proto.get("batch_size", cell.batch_size))),
+                "selection_score": cell.best_score,
                 "trial_run_ids": [s.run_id for _, s in cell.trials],
             }
-            for spec in _specs(
-                method,
+            for spec in _cell_specs(
                 suite,
-                backbones=[key[1]],
-                seeds=seed_list,
-                method_config=base_config | opts,
-                protocol_overrides=base_protocol | proto,
-                measure=dict(measure or {}),
-                pretrained=pretrained,
-                tasks=[key[2]],
+                cell,
+                cell.best,
+                space,
+                base_config,
+                base_protocol,
+                pretrained,
+                extra,
+                seed_list,
+                measure,
             ):
                 final_specs.append(spec)
                 search_info[spec.run_id] = info
@@ -211,3 +237,49 @@ def run_sweep(
                 )
     failed = [d for d in search_done + final_done if d.error is not None]
     return SweepResult(search_done, final_done, chosen, failed)
+
+
+def _cell_specs(
+    suite: Suite,
+    cell: Cell,
+    point: dict[str, Any],
+    space: SearchSpace | None,
+    base_config: dict[str, Any],
+    base_protocol: dict[str, Any],
+    pretrained: bool,
+    extra: Sequence[dict[str, str]],
+    seeds: Sequence[int],
+    measure: dict[str, Any] | None = None,
+) -> list[RunSpec]:
+    """The specs of one cell at a grid point: protocol values as the search layer (lr scaled by the
+    space's rule), method options over the user's."""
+    proto, opts = split_point(point)
+    batch = int(proto.get("batch_size", cell.batch_size))
+    scaled = space.scaled(proto, batch) if space is not None else proto
+    specs, _ = plan_runs(
+        cell.method,
+        suite,
+        backbones=[cell.backbone],
+        tasks=[cell.task],
+        seeds=list(seeds),
+        method_config=base_config | opts,
+        protocol_overrides=base_protocol,
+        pretrained=pretrained,
+        measure=dict(measure or {}),
+        search_point=scaled,
+        extra_deviations=extra,
+    )
+    return specs
+
+
+def _cell_spec(
+    suite: Suite,
+    cell: Cell,
+    point: dict[str, Any],
+    space: SearchSpace | None,
+    base_config: dict[str, Any],
+    base_protocol: dict[str, Any],
+    pretrained: bool,
+    extra: Sequence[dict[str, str]],
+) -> RunSpec:
+    return _cell_specs(suite, cell, point, space, base_config, base_protocol, pretrained, extra, [0])[0]

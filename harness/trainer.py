@@ -1,8 +1,10 @@
-"""The training loop: SGD/AdamW, per-step warmup + cosine, AMP on GPU, clipping, callbacks, and a
+"""The training loop: SGD/AdamW, the protocol's learning-rate schedule (per step or per epoch, as
+each reference steps it), seeded training augmentation, AMP on GPU, clipping, callbacks, and a
 per-epoch checkpoint of the trainable state only, so a killed run resumes where it died.
 
-Resume is exact: each epoch's shuffling and dropout draw from generators seeded by (seed, epoch),
-so an epoch replayed after a crash sees the same batches and noise as the uninterrupted run.
+Resume is exact: each epoch's shuffling, dropout and augmentation draw from generators seeded by
+(seed, epoch), so an epoch replayed after a crash sees the same batches, crops and noise as the
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class TrainConfig:
     grad_clip: float | None = None
     eval_batch_size: int = 256
     seed: int = 0
+    schedule: str = "linear_warmup_cosine_step"  # petlbench.benchmarks.suites.SCHEDULES
+    warmup_lr: float = 1e-5
+    augmentation: str = "none"  # petlbench.benchmarks.augment.AUGMENTATIONS
 
 
 @dataclass
@@ -73,12 +78,48 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def epoch_lr_factor(schedule: str, epoch: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base lr during ``epoch`` for the schedules the references step once per
+    epoch (their formulas: petlbench.benchmarks.suites.SCHEDULES)."""
+    warmup, epochs = int(cfg.warmup_epochs), cfg.epochs
+    if schedule == "dassl_constant_warmup_cosine_epoch":
+        # Dassl ConstantWarmupScheduler: epochs < WARMUP_EPOCH at WARMUP_CONS_LR, then its successor
+        # CosineAnnealingLR(T_max=MAX_EPOCH) restarted at 0 (WARMUP_RECOUNT=True), so the last epoch
+        # does not reach 0 (KaiyangZhou/Dassl.pytorch dassl/optim/lr_scheduler.py:L35-54, L128-141).
+        if epoch < warmup:
+            return cfg.warmup_lr / cfg.lr
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / epochs))
+    if schedule == "vpt_linear_warmup_cosine_epoch":
+        # KMnP/vpt WarmupCosineSchedule.lr_lambda(epoch) (src/solver/lr_scheduler.py:L56-65): 0 at
+        # epoch 0, e/W during warm-up, then a half cosine over the remaining epochs.
+        if epoch < warmup:
+            return epoch / max(1.0, warmup)
+        progress = (epoch - warmup) / max(1, epochs - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    raise ValueError(f"unknown per-epoch schedule {schedule!r}")
+
+
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The LambdaLR multiplier of step ``s`` (counted from 0) for ``cfg.schedule``; per-epoch schedules
+    hold one value for every step of an epoch."""
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.schedule == "linear_warmup_cosine_step":
+        warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+        return lambda s: warmup_cosine(s, warmup_steps, total_steps)
+    if cfg.schedule in ("dassl_constant_warmup_cosine_epoch", "vpt_linear_warmup_cosine_epoch"):
+        return lambda s: epoch_lr_factor(cfg.schedule, s // max(1, steps_per_epoch), cfg)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
 def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
+
+
+_AUGMENT_SALT = 0x5EED_A06  # augmentation draws from its own stream, independent of the batch order
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -109,9 +150,17 @@ class Trainer:
             p for p in model.head.parameters() if p.requires_grad
         ]
         self.amp = device.type == "cuda"
+        from petlbench.benchmarks.augment import get_augmentation
+
+        self.augmentation = get_augmentation(cfg.augmentation)
+        self.augments = self.augmentation.name != "none"
         # When the image tower carries no trainable parameter its features cannot change: compute
-        # them once and train the head on them (DESIGN section 8).
-        self.cache_features = cache_features
+        # them once and train the head on them (DESIGN section 8). Augmented images change every
+        # epoch, so then the frozen tower runs every step (without autograd), as the references do.
+        self.cache_features = cache_features and not self.augments
+        self.frozen_image_tower = cache_features
+        # Draws this epoch's augmentation: seeded by (seed, epoch) at the start of every epoch.
+        self.augment_generator = torch.Generator()
 
     # ----- checkpoint ---------------------------------------------------------------------------
     def _save(self, epoch: int, ctx: TrainContext, sched: Any, result: TrainResult) -> None:
@@ -161,15 +210,29 @@ class Trainer:
         if len(train) == 0:
             raise ValueError("empty training set")
         self.model.to(self.device)
+        out_size = int(getattr(self.model.backbone, "image_size", train.images.shape[-1]))
+
+        def pixels(idx: torch.Tensor) -> torch.Tensor:
+            images = train.images[idx]
+            if self.augments:
+                images = self.augmentation(images, self.augment_generator, out_size)
+            return to_pixels(images, self.device)
+
         if self.cache_features:
             cached = image_features(self.model, train, self.device, self.cfg.eval_batch_size)
 
             def forward(idx: torch.Tensor) -> torch.Tensor:
                 return self.model.head(cached[idx.to(cached.device)])
+        elif self.frozen_image_tower:
+
+            def forward(idx: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():  # frozen tower, augmented input: no autograd graph to keep
+                    feats = self.model.features(pixels(idx))
+                return self.model.head(feats)
         else:
 
             def forward(idx: torch.Tensor) -> torch.Tensor:
-                return self.model(to_pixels(train.images[idx], self.device))
+                return self.model(pixels(idx))
 
         def batch_loss(idx: torch.Tensor) -> torch.Tensor:
             labels = train.labels[idx].to(self.device)
@@ -193,12 +256,9 @@ class Trainer:
         batch = min(cfg.batch_size, n)
         steps_per_epoch = n // batch  # drop_last: every step sees a full batch (as Dassl when n >= batch)
         total_steps = steps_per_epoch * cfg.epochs
-        warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
         self.model.to(self.device)  # before the optimizer, so restored optimizer state lands on device
         optimizer = build_optimizer(self.params, cfg)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps)
-        )
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
         ctx = TrainContext(self.model, self.method, optimizer, steps_per_epoch=steps_per_epoch)
         result = TrainResult()
         start_epoch = self._load(ctx, sched, result)
@@ -210,6 +270,8 @@ class Trainer:
             torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout noise of this epoch
             gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
             order = torch.randperm(n, generator=gen)
+            self.augment_generator.manual_seed(_epoch_seed(cfg.seed, epoch) ^ _AUGMENT_SALT)
+            epoch_lr = optimizer.param_groups[0]["lr"]
             self.model.train()
             t0 = time.perf_counter()
             loss_sum = 0.0
@@ -241,7 +303,7 @@ class Trainer:
             entry = {
                 "epoch": epoch,
                 "loss": loss_sum / max(1, steps_per_epoch),
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": epoch_lr,
             }
             if evaluate is not None:
                 entry.update(evaluate())

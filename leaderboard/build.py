@@ -41,15 +41,20 @@ from petlbench.errors import UserError
 HERE = Path(__file__).resolve().parent
 SCHEMA_PATH = HERE / "schema.json"
 REPORTED_PATH = HERE / "reported.yaml"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SIGNIFICANT = 6
 
 CONVENTIONS = {
     "aggregation": "per cell (every spec field but the seed): mean over seeds; suite and group averages are "
     "the mean over tasks of the chosen cells' means (macro average)",
     "std": "sample standard deviation over seeds (statistics.stdev, n - 1 denominator); 0 when n = 1",
-    "selection": "when an entry has several cells for one task, the one with the best mean selection-split "
-    "score is averaged (never the test score); ties: more seeds, then the smaller cell id",
+    "selection": "when an entry has several cells for one task, the one with the best selection score is "
+    "averaged (never the test score): the search trials' score when the cell came from a search (trained "
+    "without the selection split), else the final runs' selection-split score unless they trained on it "
+    "(train800val200), in which case the cell has no selection score; ties: more seeds, then the smaller "
+    "cell id",
+    "deviations": "the named ways a row's runs depart from the suite's reference protocol (empty: the "
+    "reference protocol); an entry lists the union over its tasks",
     "base_new_hm": "2 * base * new / (base + new) of the 'base' and 'new' group averages, when a suite "
     "has both",
     "metric_scale": "percent (0-100)",
@@ -60,7 +65,8 @@ CONVENTIONS = {
     "speed_memory": "mean over seeds of the recorded train/eval images per second and peak memory "
     "(CUDA max allocated on GPU, peak RSS on CPU), with device and dtype; hardware-dependent",
     "robustness": "FGSM (adversarial-robustness-toolbox), pixel-space L-inf epsilons, normalisation inside "
-    "the model; robust accuracy averaged over the seeds that measured the same epsilon grid",
+    "the model (unit 'pixel'; OFA attacks its embeddings, unit 'embedding'); robust accuracy averaged over "
+    "the seeds that measured the same epsilon grid",
     "rounding": f"floats rounded to {SIGNIFICANT} significant digits",
 }
 
@@ -257,9 +263,18 @@ class Cell:
         return sorted(out)
 
 
+def shots_variant(spec: dict[str, Any]) -> int | None:
+    """The shot count a user chose for the run (``--protocol shots=K``), or None for the suite's own:
+    the leaderboard keeps shot counts apart (CoOp's 1/2/4/8/16-shot tables)."""
+    if (spec.get("protocol_source") or {}).get("shots") == "user":
+        shots = (spec.get("protocol") or {}).get("shots")
+        return int(shots) if isinstance(shots, int) else None
+    return None
+
+
 def entry_key(spec: dict[str, Any]) -> tuple[str, ...]:
     pretrained = bool((spec.get("protocol") or {}).get("backbone_pretrained", True))
-    return (
+    key = (
         spec["suite"],
         str(spec["suite_version"]),
         spec["method"],
@@ -267,6 +282,35 @@ def entry_key(spec: dict[str, Any]) -> tuple[str, ...]:
         spec["backbone"],
         "pretrained" if pretrained else "random-init",
     )
+    shots = shots_variant(spec)
+    return key if shots is None else (*key, f"shots={shots}")
+
+
+def deviations_of(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """The named deviations of a cell's runs from the reference protocol (their union, by id, in
+    order of first appearance); empty: the reference protocol."""
+    seen: dict[str, dict[str, str]] = {}
+    for r in records:
+        found = _get(r, "result", "deviations")
+        if not isinstance(found, list):
+            found = (r.get("spec") or {}).get("deviations") or []
+        for d in found:
+            if isinstance(d, dict) and isinstance(d.get("id"), str):
+                seen.setdefault(d["id"], {"id": d["id"], "what": str(d.get("what", ""))})
+    return list(seen.values())
+
+
+def _selection(records: Sequence[dict[str, Any]], cell: Any, search: dict[str, Any] | None) -> tuple:
+    """(score, source) the leaderboard selects cells by: a search's trial score (trained without the
+    selection split), else the final runs' selection score when they did not train on that split,
+    else nothing (a train800val200 final run has seen val200)."""
+    if search is not None and _number(search.get("selection_score")) is not None:
+        return float(search["selection_score"]), "search trials"
+    protocol = (records[0].get("spec") or {}).get("protocol") or {}
+    if protocol.get("train_split") == "trainval" and protocol.get("selection_split") in ("val", "train"):
+        return None, "none: the final runs trained on the selection split"
+    selection = [v for _, v in cell.values(f"selection_{cell.metric}")]
+    return (statistics.fmean(selection), "final runs") if selection else (None, "none")
 
 
 def _efficiency(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -302,9 +346,11 @@ def _robustness(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     same = [m for m in measured if m["eps"] == grid and len(m.get("accuracy") or []) == len(grid)]
     accuracy = [statistics.fmean(m["accuracy"][i] for m in same) for i in range(len(grid))]
     clean = [m["clean"] for m in same if _number(m.get("clean")) is not None]
+    unit = measured[0].get("unit", "pixel")
     return {
+        "unit": unit,
         "eps": list(grid),
-        "eps_x255": [e * 255 for e in grid],
+        "eps_x255": [e * 255 for e in grid] if unit == "pixel" else None,
         "accuracy": accuracy,
         "clean": statistics.fmean(clean) if clean else None,
         "n": len(same),
@@ -333,7 +379,8 @@ def _row(cell: Cell, info: SuiteInfo) -> dict[str, Any]:
     metric = cell.metric
     values = cell.values(metric)
     mean, std, n = mean_std([v for _, v in values]) if values else (None, None, 0)
-    selection = [v for _, v in cell.values(f"selection_{metric}")]
+    search = _search(cell.records)
+    selection_mean, selection_source = _selection(cell.records, cell, search)
     seeds = sorted(int(r["spec"]["seed"]) for r in cell.records)
     spec = cell.spec
     return {
@@ -353,11 +400,14 @@ def _row(cell: Cell, info: SuiteInfo) -> dict[str, Any]:
         "std": std,
         "n": n,
         "values": [{"seed": s, "value": v} for s, v in values],
-        "selection_mean": statistics.fmean(selection) if selection else None,
+        "selection_mean": selection_mean,
+        "selection_source": selection_source,
         "selected": False,
         "efficiency": _efficiency(cell.records),
         "fgsm": _robustness(cell.records),
-        "search": _search(cell.records),
+        "search": search,
+        "shots": shots_variant(spec),
+        "deviations": deviations_of(cell.records),
         "spec": spec,
         "runs": [
             {"run_id": r["run_id"], "seed": int(r["spec"]["seed"])}
@@ -365,6 +415,15 @@ def _row(cell: Cell, info: SuiteInfo) -> dict[str, Any]:
         ],
         "reproduce": reproduce_command(spec, seeds, info),
     }
+
+
+def deviations_of_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """An entry's deviations: the union over its chosen rows, by id."""
+    seen: dict[str, dict[str, str]] = {}
+    for row in rows:
+        for d in row.get("deviations") or []:
+            seen.setdefault(d["id"], d)
+    return list(seen.values())
 
 
 def _average(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -443,7 +502,10 @@ def _entries(rows: list[dict[str, Any]], infos: dict[tuple[str, str], SuiteInfo]
                 "config_id": first["config_id"],
                 "backbone": first["backbone"],
                 "backbone_pretrained": first["backbone_pretrained"],
-                "label": first["method"],
+                "label": first["method"]
+                + ("" if first.get("shots") is None else f" ({first['shots']}-shot)"),
+                "shots": first.get("shots"),
+                "deviations": deviations_of_rows(picked),
                 "tasks": order,
                 "missing_tasks": [t for t in info.tasks if t not in chosen],
                 "complete": all(t in chosen for t in info.tasks),
@@ -470,8 +532,9 @@ def _entries(rows: list[dict[str, Any]], infos: dict[tuple[str, str], SuiteInfo]
                 "fgsm": None
                 if not same
                 else {
+                    "unit": same[0].get("unit", "pixel"),
                     "eps": grid,
-                    "eps_x255": [e * 255 for e in grid],
+                    "eps_x255": [e * 255 for e in grid] if same[0].get("unit", "pixel") == "pixel" else None,
                     "accuracy": [statistics.fmean(f["accuracy"][i] for f in same) for i in range(len(grid))],
                     "n_tasks": len(same),
                 },

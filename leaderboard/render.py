@@ -55,9 +55,16 @@ def fmt_fgsm(fgsm: Any) -> str:
     """Robust accuracy at the largest epsilon, e.g. '12.30 @8/255'."""
     if not fgsm or not fgsm.get("accuracy"):
         return "-"
+    if fgsm.get("unit", "pixel") != "pixel" or not fgsm.get("eps_x255"):
+        return f"{fgsm['accuracy'][-1]:.2f} @{fgsm['eps'][-1]:.3g} ({fgsm.get('unit', 'pixel')})"
     eps255 = fgsm["eps_x255"][-1]
     eps = f"{eps255:g}/255" if abs(eps255 - round(eps255)) < 1e-3 else f"{fgsm['eps'][-1]:g}"
     return f"{fgsm['accuracy'][-1]:.2f} @{eps}"
+
+
+def fmt_deviations(deviations: Any) -> str:
+    """'reference protocol' when a row has no named deviation, else their ids."""
+    return ", ".join(d["id"] for d in deviations or []) or "reference protocol"
 
 
 def _group_names(doc: dict[str, Any], suite: str, version: str) -> list[str]:
@@ -92,7 +99,7 @@ def average_table(doc: dict[str, Any], suite: str, version: str) -> tuple[list[s
         "+ head",
         "% (denominator)",
     ]
-    header += ["GMACs", "train img/s", "peak MiB", "FGSM acc"]
+    header += ["GMACs", "train img/s", "peak MiB", "FGSM acc", "protocol"]
     has_hm = {"base", "new"} <= set(groups)
     if groups:
         header.insert(3 + len(groups), "mean of groups")
@@ -128,6 +135,7 @@ def average_table(doc: dict[str, Any], suite: str, version: str) -> tuple[list[s
             fmt_num(eff["train_images_per_s"], 1),
             fmt_num(eff["train_peak_memory_mib"], 0),
             fmt_fgsm(e["fgsm"]),
+            fmt_deviations(e.get("deviations")),
         ]
         rows.append(cells)
     return header, rows
@@ -150,6 +158,7 @@ TASK_HEADER = [
     "peak MiB",
     "device / dtype",
     "FGSM acc",
+    "protocol",
     "runs",
 ]
 
@@ -181,6 +190,7 @@ def task_table(doc: dict[str, Any], suite: str, version: str) -> list[list[str]]
                 fmt_num(eff["train_peak_memory_mib"], 0),
                 device,
                 fmt_fgsm(r["fgsm"]),
+                fmt_deviations(r.get("deviations")),
                 " ".join(run["run_id"][:8] for run in r["runs"]),
             ]
         )
@@ -252,6 +262,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"- GMACs: {conv['gmacs']}.",
         f"- speed / memory: {conv['speed_memory']}.",
         f"- FGSM: {conv['robustness']}; the tables show robust accuracy at the largest epsilon.",
+        f"- protocol: {conv['deviations']}.",
         "",
     ]
     for note in doc["notes"]:
@@ -264,7 +275,16 @@ def render_markdown(doc: dict[str, Any]) -> str:
         lines += [f"## {suite} (suite version {version})", "", "### Averages over tasks", ""]
         header, rows = average_table(doc, suite, version)
         lines += _md_table(header, rows) + ["", "### Per task", ""]
-        lines += _md_table(TASK_HEADER, task_table(doc, suite, version)) + ["", "### Reproduce", ""]
+        lines += _md_table(TASK_HEADER, task_table(doc, suite, version)) + [""]
+        named: dict[str, str] = {}
+        for r in doc["rows"]:
+            if (r["suite"], r["suite_version"]) == (suite, version):
+                for d in r.get("deviations") or []:
+                    named.setdefault(d["id"], d["what"])
+        if named:
+            lines += ["### Deviations from the reference protocol", ""]
+            lines += [f"- `{key}`: {what}" for key, what in sorted(named.items())] + [""]
+        lines += ["### Reproduce", ""]
         for r in doc["rows"]:
             if (r["suite"], r["suite_version"]) == (suite, version):
                 lines.append(f"- {r['task']} / {r['label']} / {r['backbone']} (cell `{r['cell_id']}`):")

@@ -14,8 +14,8 @@ Mechanics (paper Eq. 7-8, Algorithm 1):
   active tokens. A pruned token leaves the computation (the slot indexes it away), so the attention
   really shrinks.
 * Saliency scores per token (summed over the width) are accumulated every step while the active
-  total is above ``target_tokens``; every ``accumulation_steps`` steps, once the warmup epochs are
-  over, the ``prune_rate`` tokens with the lowest accumulated score *across both branches* are
+  total is above the target ``T_target``; every ``accumulation_steps`` steps, once the warmup epochs
+  are over, the ``prune_rate`` tokens with the lowest accumulated score *across both branches* are
   pruned (never below the target: the last prune may remove fewer), and the scores are reset.
 
 Choices where the paper is silent or ambiguous (documented so results can be read correctly):
@@ -32,8 +32,20 @@ Choices where the paper is silent or ambiguous (documented so results can be rea
   every prune ranks tokens by exactly the last ``n_k`` steps of scores, as Algorithm 1 does.
 * Ties are broken deterministically: image branch before text, lower layer first, lower token
   index first (a stable sort over that order).
-* ``target_tokens`` defaults to 128: the setting of the paper's headline result (81.70% average,
-  Table 1/2); Fig. 1 uses 32.
+* The target. The paper's headline setting is ``T_target = 128`` with ``l_f = l_g = 12`` and
+  ``xi_f = xi_g = 16`` (Sec. 4.2 "Results" and Table 1/Table 2: 81.70% average; Fig. 1 uses 32), i.e.
+  128 of 384 prompt tokens stay active. An absolute 128 means something else on another backbone
+  (on the 4+3-layer micro-CLIP there are only 112 tokens: nothing would be pruned), so the default is
+  that *fraction*: ``target_fraction = 1/3`` of the tokens attached over both branches. The effective
+  target is ``floor(target_fraction * initial_tokens + 0.5)`` (round half up), where
+  ``initial_tokens`` counts every attached prompt slot (after clamping layers to the tower depth):
+  128 on CLIP ViT-B/16 (12+12 layers x 16), 37 on micro-CLIP (4+3 layers x 16 = 112), 21 on tiny-CLIP
+  (2+2 x 16). The result need not be a multiple of ``prune_rate``: the last prune removes fewer. An
+  absolute ``target_tokens`` set by the user wins over the fraction.
+* Reaching the target takes ``ceil((initial - target) / prune_rate)`` pruning steps, the first at
+  the first multiple of ``accumulation_steps`` after the warmup epochs, then one every
+  ``accumulation_steps`` steps. :meth:`Adapt.describe` records whether the run got there
+  (``reached_target``), and a ``warning`` with the steps it had and the steps it needed when not.
 
 Trainable parameters are counted as the *active* ones: ``sum_branch width * active tokens``
 (per layer ``layer_width(l) * active tokens of l`` on towers whose widths differ by stage, e.g. Swin).
@@ -50,6 +62,7 @@ every query of the causal decoder.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -69,6 +82,9 @@ BRANCHES = ("image", "text")  # also the tie-break order of pruning
 BRANCH_TOWERS = {"image": ("image", "encoder"), "text": ("text", "decoder")}
 ORDER = ("image", "encoder", "text", "decoder")  # branch names in tie-break order
 SCORES = ("snip", "grad", "l2")
+# The paper's headline target as a fraction of its prompt slots: T_target = 128 of l x xi = 12 x 16 per
+# branch, 2 branches (shared/papers/adapt.md Sec. 4.2 "Results", L188; Table 1 L170/L182, Table 2 L204/L211).
+PAPER_TARGET_FRACTION = 128 / (2 * 12 * 16)
 
 
 @dataclass
@@ -78,7 +94,11 @@ class AdaptConfig:
     text_layers: int = 12  # l_g: prompted layers of the text tower (clamped to depth)
     image_tokens: int = 16  # xi_f: maximum context length per image layer
     text_tokens: int = 16  # xi_g: maximum context length per text layer
-    target_tokens: int = 128  # T_target: total active tokens over both branches once pruning ends
+    # T_target: total active tokens over both branches once pruning ends. None: the fraction below.
+    target_tokens: int | None = None
+    # T_target / initial tokens when target_tokens is None: 1/3 = 128/384, the paper's headline setting
+    # (T_target = 128 with 12+12 layers x 16 tokens, Sec. 4.2 and Table 1). Rounded half up.
+    target_fraction: float = PAPER_TARGET_FRACTION
     accumulation_steps: int = 80  # n_k: steps of accumulated scores per pruning step
     prune_rate: int = 4  # r_p: tokens removed per pruning step
     warmup_epochs: int = 5  # epochs without pruning (paper Fig. 3)
@@ -86,22 +106,36 @@ class AdaptConfig:
 
 
 class Adapt(Method):
-    """Adapt (see the module docstring). Paper protocol: SGD, lr 2.5e-3, batch 4, 100 epochs,
-    16 shots, CLIP ViT-B/16, l = 12 and xi = 16 in both branches, n_k = 80, r_p = 4, snip scores
-    (``suggested_protocol``)."""
+    """Adapt (see the module docstring).
+
+    ``reference_protocol`` is the paper's training protocol (``reference_protocol_source``: Sec. 4.1
+    "Experiments", Datasets and Implementation Details): CLIP ViT-B/16, 16 shots (the CoOp few-shot
+    setting), SGD, batch size 4, learning rate 2.5e-3, 100 epochs, test accuracy from the weights at
+    epoch 100, results averaged over 3 runs. The method's defaults are that section's n_k = 80 and
+    r_p = 4, with l = 12 and xi = 16 in both branches and snip scores (Sec. 4.2). The paper states no
+    momentum, weight decay or learning-rate schedule. ``suggested_protocol`` is the same dict (an
+    alias kept for callers of the older name)."""
 
     name = "adapt"
     family = "prompt"
     paper = "Huang et al., Adapt: Adaptive Prompt Tuning for Pre-trained Vision-Language Models"
     Config = AdaptConfig
     towers = ("image", "text")
-    suggested_protocol: ClassVar[dict[str, Any]] = {
-        "optimizer": "sgd",
-        "lr": 2.5e-3,
-        "batch_size": 4,
-        "epochs": 100,
-        "shots": 16,
+    reference_protocol: ClassVar[dict[str, Any]] = {
+        "optimizer": "sgd",  # "We use the stochastic gradient descent (SGD)"
+        "lr": 2.5e-3,  # "The learning rate is 2.5 x 10^-3"
+        "batch_size": 4,  # "The batch size is 4"
+        "epochs": 100,  # "The total number of training epochs is 100"
+        "eval_epoch": 100,  # "test accuracy is obtained using the model weights at the epoch of 100"
+        "shots": 16,  # "We follow the few-shot learning setting in CoOp ... The number of shots is 16"
+        "runs": 3,  # "the result is averaged over 3 runs"
     }
+    reference_protocol_source: ClassVar[str] = (
+        "Adapt paper (shared/papers/adapt.md), Section 4.1 'Experiments': 'Datasets' (16 shots, 3 runs, "
+        "L149) and 'Implementation Details' (ViT-B/16, n_k = 80, r_p = 4, batch size 4, lr 2.5e-3, "
+        "100 epochs, evaluated at epoch 100, SGD; L153-155)"
+    )
+    suggested_protocol: ClassVar[dict[str, Any]] = reference_protocol  # alias of the older name
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -115,8 +149,11 @@ class Adapt(Method):
         if c.score not in SCORES:
             raise UserError(f"adapt: score must be one of {', '.join(SCORES)}, not {c.score!r}")
         for key in ("image_layers", "text_layers", "image_tokens", "text_tokens", "target_tokens"):
-            if getattr(c, key) < 0:
-                raise UserError(f"adapt: {key} must be >= 0, got {getattr(c, key)}")
+            value = getattr(c, key)
+            if value is not None and value < 0:
+                raise UserError(f"adapt: {key} must be >= 0, got {value}")
+        if not 0.0 <= c.target_fraction <= 1.0:
+            raise UserError(f"adapt: target_fraction must be in [0, 1], got {c.target_fraction}")
         if c.warmup_epochs < 0:
             raise UserError(f"adapt: warmup_epochs must be >= 0, got {c.warmup_epochs}")
         if c.accumulation_steps < 1 or c.prune_rate < 1:
@@ -193,6 +230,34 @@ class Adapt(Method):
         """P of ``branch`` as one (layers, xi, width) tensor (a stacked copy, for inspection)."""
         return torch.stack([p.detach() for p in self.prompts[branch]])
 
+    def initial_tokens(self) -> int:
+        """Prompt slots attached over all branches (layers x xi each): the active total before pruning."""
+        return sum(int(self.mask(b).numel()) for b in self.branches)
+
+    def target_tokens(self) -> int:
+        """The effective target ``T_target``: ``config.target_tokens`` when set, else
+        ``floor(target_fraction * initial_tokens + 0.5)`` (round half up)."""
+        c = self.config
+        if c.target_tokens is not None:
+            return int(c.target_tokens)
+        return int(math.floor(c.target_fraction * self.initial_tokens() + 0.5))
+
+    def pruning_steps_needed(self) -> int:
+        """Pruning events needed to go from the initial tokens to the target."""
+        excess = self.initial_tokens() - self.target_tokens()
+        return max(0, math.ceil(excess / self.config.prune_rate))
+
+    def steps_needed(self, steps_per_epoch: int) -> int:
+        """Optimisation steps (counted from 1) an uninterrupted run needs to reach the target: the
+        first prune is at the first multiple of ``accumulation_steps`` in epoch ``warmup_epochs``
+        or later, then one every ``accumulation_steps`` steps."""
+        c, events = self.config, self.pruning_steps_needed()
+        if events == 0:
+            return 0
+        first_allowed = c.warmup_epochs * steps_per_epoch + 1  # first step of the first pruning epoch
+        first = math.ceil(first_allowed / c.accumulation_steps) * c.accumulation_steps
+        return first + (events - 1) * c.accumulation_steps
+
     def active_tokens(self) -> dict[str, int]:
         return {b: int(self.mask(b).sum()) for b in self.branches}
 
@@ -232,9 +297,9 @@ class Adapt(Method):
     @torch.no_grad()
     def prune_lowest(self, scores: dict[str, torch.Tensor], count: int) -> list[tuple[str, int, int]]:
         """Prune up to ``count`` active tokens with the lowest score across all branches, never below
-        ``target_tokens``. Ties: image (encoder) before text (decoder), then layer, then token index.
-        Returns the pruned (branch, layer, token) in pruning order."""
-        count = min(count, self.active_total() - self.config.target_tokens)
+        the effective target (:meth:`target_tokens`). Ties: image (encoder) before text (decoder),
+        then layer, then token index. Returns the pruned (branch, layer, token) in pruning order."""
+        count = min(count, self.active_total() - self.target_tokens())
         if count <= 0:
             return []
         flat, active, where = [], [], []
@@ -267,18 +332,61 @@ class Adapt(Method):
         return plot_context_lengths(description, path)
 
     def describe(self) -> dict[str, Any]:
+        """Final per-layer context lengths and masks, the effective target and whether pruning
+        reached it (with a ``warning`` when it did not), and the prune history."""
+        c = self.config
+        pruner = self._pruner
+        active, target = self.active_total(), self.target_tokens()
+        reached = active <= target
+        history = pruner.history if pruner is not None else []
         out: dict[str, Any] = {
-            "context_lengths": self.context_lengths(),
+            "context_lengths": self.context_lengths(),  # final, per branch per layer
             "masks": {b: self.mask(b).int().tolist() for b in self.branches},
+            "depths": {b: int(self.mask(b).shape[0]) for b in self.branches},  # prompted layers
             "active_tokens": self.active_tokens(),
-            "active_total": self.active_total(),
-            "target_tokens": self.config.target_tokens,
-            "score": self.config.score,
+            "active_total": active,
+            "initial_tokens": self.initial_tokens(),
+            "target_tokens": target,  # effective
+            "target_source": (
+                "target_tokens" if c.target_tokens is not None else f"target_fraction={c.target_fraction:.6g}"
+            ),
+            "reached_target": reached,
+            "pruning_steps": len({int(h[0]) for h in history}),  # pruning events that removed tokens
+            "pruning_steps_needed": self.pruning_steps_needed(),
+            "score": c.score,
             "widths": {b: self._towers[b].width for b in self.branches},
         }
-        if self._pruner is not None:
-            out["pruned"] = [list(item) for item in self._pruner.history]  # [step, branch, layer, token]
+        steps_per_epoch = pruner.steps_per_epoch if pruner is not None else 0
+        if pruner is not None:
+            out["steps_run"] = pruner.last_step
+        if steps_per_epoch > 0:
+            out["steps_needed"] = self.steps_needed(steps_per_epoch)
+        if not reached:
+            out["warning"] = self._shortfall_warning(active, target, pruner)
+        if pruner is not None:
+            out["pruned"] = [list(item) for item in history]  # [step, branch, layer, token]
         return out
+
+    def _shortfall_warning(self, active: int, target: int, pruner: AdaptPruner | None) -> str:
+        c = self.config
+        head = f"pruning stopped at {active} tokens, above the target {target}"
+        if pruner is None or pruner.last_step == 0:
+            return f"{head}: no training step ran"
+        spe = pruner.steps_per_epoch
+        if spe <= 0:
+            return (
+                f"{head}: the run had too few steps ({pruner.last_step} steps; "
+                f"{self.pruning_steps_needed()} pruning steps of {c.accumulation_steps} steps each are "
+                f"needed after {c.warmup_epochs} warmup epochs)"
+            )
+        warm = c.warmup_epochs * spe
+        needed = self.steps_needed(spe)
+        return (
+            f"{head}: the run had too few steps after warmup ({max(0, pruner.last_step - warm)} steps, "
+            f"{needed - warm} needed: {self.pruning_steps_needed()} pruning steps of {c.prune_rate} tokens, "
+            f"one every {c.accumulation_steps} steps after {c.warmup_epochs} warmup epochs of {spe} steps; "
+            f"train at least {math.ceil(needed / spe)} epochs, or lower accumulation_steps or warmup_epochs)"
+        )
 
 
 class AdaptPruner(Callback):
@@ -290,14 +398,19 @@ class AdaptPruner(Callback):
         self.scores: dict[str, torch.Tensor] | None = None  # accumulated (layers, xi) per branch
         self.accumulated = 0  # steps in the current window that added scores
         self.history: list[tuple[int, str, int, int]] = []  # (step, branch, layer, token) per pruned token
+        self.last_step = 0  # the last optimisation step seen (counted from 1): the steps the run had
+        self.steps_per_epoch = 0  # from the trainer's context (0: unknown)
 
     def reset(self) -> None:
         self.scores = None
         self.accumulated = 0
 
+    def on_train_start(self, ctx: Any) -> None:
+        self.steps_per_epoch = int(getattr(ctx, "steps_per_epoch", 0) or 0)
+
     def after_backward(self, ctx: Any) -> None:
         m = self.method
-        if m.active_total() <= m.config.target_tokens:
+        if m.active_total() <= m.target_tokens():
             return
         delta = m.token_scores()
         if self.scores is None:
@@ -311,6 +424,7 @@ class AdaptPruner(Callback):
 
     def on_step_end(self, ctx: Any) -> None:
         step = int(ctx.step)  # steps completed, counted from 1 here
+        self.last_step = max(self.last_step, step)
         if step % self.method.config.accumulation_steps != 0:
             return
         if int(ctx.epoch) >= self.method.config.warmup_epochs and self.scores is not None:
@@ -326,6 +440,8 @@ class AdaptPruner(Callback):
             "scores": scores,
             "accumulated": self.accumulated,
             "history": [list(h) for h in self.history],
+            "last_step": self.last_step,
+            "steps_per_epoch": self.steps_per_epoch,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -333,11 +449,30 @@ class AdaptPruner(Callback):
         self.scores = None if scores is None else {b: s.clone().float() for b, s in scores.items()}
         self.accumulated = int(state.get("accumulated", 0))
         self.history = [tuple(h) for h in state.get("history", [])]  # type: ignore[misc]
+        self.last_step = int(state.get("last_step", 0))
+        self.steps_per_epoch = int(state.get("steps_per_epoch", 0))
 
 
-def plot_context_lengths(describe: dict[str, Any], path: str | Path) -> Path:
-    """Render the paper's Figure 3 from :meth:`Adapt.describe`: one heat map of the binary mask per
-    branch (rows = layers, columns = token index; dark = active), titled with the active counts.
+def context_length_series(describe: dict[str, Any]) -> dict[str, list[int]]:
+    """Active tokens per prompted layer of each branch, from the masks of :meth:`Adapt.describe`
+    (one entry per attached layer: the masks have exactly the backbone's prompted layers)."""
+    masks = describe.get("masks") or {}
+    return {branch: [int(sum(row)) for row in mask] for branch, mask in masks.items()}
+
+
+def _pruning_steps(describe: dict[str, Any]) -> int:
+    if "pruning_steps" in describe:
+        return int(describe["pruning_steps"])
+    return len({int(h[0]) for h in describe.get("pruned") or []})  # records from before the field
+
+
+def draw_context_lengths(describe: dict[str, Any]) -> tuple[Any, dict[str, list[int]]]:
+    """Draw the paper's Figure 3 from :meth:`Adapt.describe`: the final per-layer context lengths of
+    every branch (layers on x, active tokens on y, one bar series per branch, with a legend) above
+    one heat map of each branch's binary mask (rows = layers, columns = token index; dark = active),
+    titled with the active total, the target and the number of pruning steps.
+
+    Returns the figure and the series as drawn (bar heights read back from the axes), per branch.
     Needs matplotlib (``pip install matplotlib``)."""
     try:
         import matplotlib
@@ -351,24 +486,60 @@ def plot_context_lengths(describe: dict[str, Any], path: str | Path) -> Path:
         raise UserError(
             "describe() output has no 'masks' to plot; pass Adapt.describe() of an attached method"
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, len(masks), figsize=(4.2 * len(masks), 4.0), squeeze=False)
-    for ax, (branch, mask) in zip(axes[0], masks.items(), strict=True):
-        grid = torch.tensor(mask, dtype=torch.float32).reshape(len(mask), -1)
-        ax.imshow(grid.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-        ax.set_title(f"{branch}: {int(grid.sum())} active tokens")
+    series = context_length_series(describe)
+    depth = max(len(v) for v in series.values())
+    xi = max((len(mask[0]) for mask in masks.values() if mask), default=1)
+    fig = plt.figure(figsize=(max(6.0, 0.45 * depth * len(series) + 2.0), 7.5))
+    grid = fig.add_gridspec(2, len(masks), height_ratios=[1.3, 1.0])
+    bars_ax = fig.add_subplot(grid[0, :])
+    width = 0.8 / len(series)
+    containers = {}
+    for i, (branch, lengths) in enumerate(series.items()):
+        offset = (i - (len(series) - 1) / 2) * width
+        containers[branch] = bars_ax.bar(
+            [layer + 1 + offset for layer in range(len(lengths))],
+            lengths,
+            width=width,
+            label=f"{branch}: {sum(lengths)} active tokens, {len(lengths)} layers",
+        )
+    bars_ax.set_xticks(range(1, depth + 1))
+    bars_ax.set_xlim(0.4, depth + 0.6)
+    bars_ax.set_ylim(0, xi + 0.5)
+    bars_ax.set_xlabel("layer (prompt depth)")
+    bars_ax.set_ylabel("active context tokens")
+    bars_ax.legend(loc="upper right", fontsize=8)
+    for col, (branch, mask) in enumerate(masks.items()):
+        ax = fig.add_subplot(grid[1, col])
+        values = torch.tensor(mask, dtype=torch.float32).reshape(len(mask), -1)
+        ax.imshow(values.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        ax.set_title(f"{branch} mask M(t)", fontsize=9)
         ax.set_xlabel("token index")
         ax.set_ylabel("layer")
-        ax.set_xticks(range(grid.shape[1]))
-        ax.set_yticks(range(grid.shape[0]))
-        ax.set_yticklabels([str(i + 1) for i in range(grid.shape[0])])
+        ax.set_xticks(range(values.shape[1]))
+        ax.set_yticks(range(values.shape[0]))
+        ax.set_yticklabels([str(i + 1) for i in range(values.shape[0])])
         ax.tick_params(labelsize=6)
-    total = describe.get("active_total")
+    total = describe.get("active_total", sum(sum(v) for v in series.values()))
     target = describe.get("target_tokens")
-    if total is not None:
-        fig.suptitle(f"Adapt context lengths: {total} tokens (target {target})")
+    reached = describe.get("reached_target", target is not None and total <= target)
+    initial = describe.get("initial_tokens", sum(len(m) * len(m[0]) for m in masks.values() if m))
+    fig.suptitle(
+        f"Adapt context lengths per layer\n{total} of {initial} tokens active, target {target} "
+        f"({'reached' if reached else 'not reached'}), {_pruning_steps(describe)} pruning steps",
+        fontsize=11,
+    )
     fig.tight_layout()
+    drawn = {b: [int(round(patch.get_height())) for patch in c.patches] for b, c in containers.items()}
+    return fig, drawn
+
+
+def plot_context_lengths(describe: dict[str, Any], path: str | Path) -> Path:
+    """Write :func:`draw_context_lengths`'s figure as a PNG at ``path`` and return the path."""
+    fig, _ = draw_context_lengths(describe)  # checks matplotlib and the masks first
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
     return path

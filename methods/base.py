@@ -80,6 +80,9 @@ class Method(nn.Module, abc.ABC):
     head: ClassVar[str] = "auto"  # auto (text head on CLIP, linear elsewhere) | linear | text
     trains: ClassVar[bool] = True
     needs_text_encoder_per_image: ClassVar[bool] = False
+    # Named ways this implementation departs from the method's reference code, shown with every
+    # result of the method ({"id": short-name, "what": one sentence}); empty when exact.
+    deviations: ClassVar[tuple[dict[str, str], ...]] = ()
 
     def __init__(self, config: Any = None) -> None:
         super().__init__()

@@ -73,9 +73,16 @@ class CoCoOpHead(PromptHead):
 
 
 class CoCoOp(CoOp):
-    """CoCoOp (see the module docstring). Reference protocol (ViT-B/16, base-to-new, 16 shots):
-    SGD lr 2e-3, momentum 0.9, weight decay 5e-4, batch 1, 10 epochs, cosine, 1 warmup epoch at a
-    constant 1e-5 (``suggested_protocol``)."""
+    """CoCoOp (see the module docstring).
+
+    Reference protocol (ViT-B/16, base-to-new, 16 shots; ``suggested_protocol``): SGD lr 2e-3,
+    batch 1, 10 epochs (KaiyangZhou/CoOp ``configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml``
+    L3, L16-18), momentum 0.9 and weight decay 5e-4 (Dassl ``dassl/config/defaults.py`` L153-154).
+
+    As for CoOp, the learning-rate schedule is the protocol's ``schedule`` field, value
+    ``"dassl_constant_warmup_cosine"`` (the config's L19-22: epoch 0 at the constant lr 1e-5, then a
+    cosine stepped once per epoch; Dassl ``dassl/optim/lr_scheduler.py`` L35-54, L128-141); the
+    method does not implement it."""
 
     name = "cocoop"
     paper = "Zhou et al., Conditional Prompt Learning for Vision-Language Models, CVPR 2022"

@@ -3,7 +3,8 @@ as KaiyangZhou/CoOp implements it (``trainers/coop.py``).
 
 Each class prompt is ``[SOS] [V]_1 ... [V]_M [CLASS] . [EOT]``: ``M`` learned context vectors of the
 text width (unified, or one set per class with ``csc``) take the place of placeholder tokens. The
-prompts are tokenised once with ``M`` placeholders (``"X X ... X {classname}."``); their token
+prompts are tokenised once with ``M`` placeholders (``"X X ... X {classname}."``, ``_`` in class
+names read as a space, as the reference's ``trainers/coop.py`` L98 does); their token
 embeddings with position embeddings (the tower's ``embed`` path) are kept as buffers (the SOS
 prefix and the suffix of the reference, in one tensor), and the learned vectors, plus the position
 embeddings of the places they take, are spliced in at the placeholder positions. The result runs
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from petlbench.backbones.base import Backbone
+from petlbench.backbones.heads import prompt_class_name
 from petlbench.errors import UserError
 
 from .base import Method
@@ -93,12 +95,15 @@ def build_layout(
 ) -> PromptLayout:
     """Tokenise ``template`` with the class slot filled by ``before * X, name, after * X`` and find
     the placeholder positions (checked against the token ids, so a tokenisation surprise is an
-    error, not a silently misplaced context)."""
+    error, not a silently misplaced context). Class names read ``_`` as a space
+    (:func:`petlbench.backbones.heads.prompt_class_name`, shared with the text head)."""
     if template.count("{}") != 1:
         raise UserError(f"prompt template {template!r} must contain exactly one '{{}}' for the class name")
     before = {"end": n_ctx, "middle": n_ctx // 2, "front": 0}[position]
     after = n_ctx - before
     pre, post = template.split("{}")
+    # "_" -> " " as the reference does (KaiyangZhou/CoOp trainers/coop.py L98, trainers/cocoop.py L104)
+    class_names = [prompt_class_name(name) for name in class_names]
     texts = [
         pre + " ".join([PLACEHOLDER] * before + [name] + [PLACEHOLDER] * after) + post for name in class_names
     ]
@@ -138,11 +143,16 @@ class PromptHead(nn.Module):
         super().__init__()
         self.__dict__["method"] = method
         self.__dict__["backbone"] = backbone
-        self.texts = layout.texts
+        self.texts = layout.texts  # the tokenised prompt texts, e.g. "X X X X american bulldog."
         self.register_buffer("token_ids", layout.token_ids, persistent=False)
         self.register_buffer("embeds", layout.embeds, persistent=False)
         self.register_buffer("ctx_pos", layout.ctx_pos, persistent=False)
         self.register_buffer("eot", layout.eot, persistent=False)
+
+    @property
+    def prompt_texts(self) -> list[str]:
+        """The texts tokenised for the class prompts (the name :class:`TextClassifierHead` uses)."""
+        return self.texts
 
     @property
     def num_classes(self) -> int:
@@ -194,9 +204,22 @@ class CoOpHead(PromptHead):
 
 
 class CoOp(Method):
-    """CoOp (see the module docstring). Reference protocol (ViT-B/16, 16 shots): SGD lr 2e-3,
-    momentum 0.9, weight decay 5e-4, batch 32, cosine, 200 epochs (50 on ImageNet), 1 warmup epoch
-    at a constant 1e-5 (``suggested_protocol``)."""
+    """CoOp (see the module docstring).
+
+    Reference protocol (ViT-B/16, 16 shots; ``suggested_protocol``): SGD lr 2e-3, batch 32, 200
+    epochs, 50 on ImageNet (KaiyangZhou/CoOp ``configs/trainers/CoOp/vit_b16.yaml`` L3, L16-18;
+    ImageNet uses the ``*_ep50.yaml`` configs, ``COOP.md`` L13), momentum 0.9 and weight decay 5e-4
+    (Dassl's defaults, KaiyangZhou/Dassl.pytorch ``dassl/config/defaults.py`` L153-154).
+
+    The method implements no learning-rate schedule: the schedule is the protocol's ``schedule``
+    field (the trainer runs it), and the value for the CoOp family is
+    ``"dassl_constant_warmup_cosine"``. That is the reference's ``LR_SCHEDULER cosine``,
+    ``WARMUP_EPOCH 1``, ``WARMUP_TYPE constant``, ``WARMUP_CONS_LR 1e-5`` (``vit_b16.yaml`` L19-22):
+    epoch 0 runs at the constant lr 1e-5, then a cosine over ``MAX_EPOCH`` restarted at epoch 1
+    (``WARMUP_RECOUNT`` True, ``defaults.py`` L185), stepped once per epoch (Dassl
+    ``dassl/optim/lr_scheduler.py`` L35-54 and L128-141; the trainer steps it at the last batch of an
+    epoch, ``trainers/coop.py`` L281-282). A protocol that names another ``schedule`` trains with
+    that one."""
 
     name = "coop"
     family = "prompt"

@@ -7,7 +7,9 @@ Mechanics:
   layer, inserted after CLS with no position embedding; every deeper layer's prompts *replace* the
   previous layer's outputs at those positions (the backbone's ``input_tokens`` slot). Init is
   uniform in +-sqrt(6 / (3*16*16 + d)) (0.0625 on ViT-B/16), prompt dropout 0.1 (every reference
-  command).
+  command) with a mask per example (the reference expands the prompts over the batch, then drops
+  out: ``vit_prompt_VK.py`` L134, L183-184; on Swin its deep prompts share one mask per batch,
+  ``swin_transformer_prompt_VK.py`` L334).
 * **Key-value prompts** (Eq. 4-5): ``K`` extra keys/values per layer in head space, shape
   (heads, K, d_head), concatenated in front of the projected keys and values (``LAYER_BEHIND``);
   queries are unchanged, so the residual stream keeps its length (the ``kv_heads`` slot). By
@@ -119,7 +121,9 @@ class GatedInputTokens(InputTokens):
     gate: Callable[[], torch.Tensor] | None = None  # () -> (n, d) multiplier
     keep: Callable[[], torch.Tensor | None] | None = None  # () -> (n,) bool, True = in the sequence
 
-    def active(self) -> torch.Tensor:
+    def select(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The kept tokens and their gate, applied after dropout (the reference drops out the expanded
+        prompts, then multiplies by the masks: vit_prompt_VK.py:L134-143, L183-193; the two commute)."""
         tokens = self.tokens
         gate = self.gate() if self.gate is not None else None
         keep = self.keep() if self.keep is not None else self.mask
@@ -127,11 +131,7 @@ class GatedInputTokens(InputTokens):
             index = keep.nonzero(as_tuple=True)[0]
             tokens = tokens.index_select(0, index)
             gate = gate.index_select(0, index) if gate is not None else None
-        if self.dropout is not None:
-            tokens = self.dropout(tokens)
-        if gate is not None:
-            tokens = tokens * gate.to(tokens.dtype)
-        return tokens
+        return tokens, gate
 
 
 def _visual_bound(width: int) -> float:
@@ -175,6 +175,7 @@ class E2VPT(Method):
         self._towers: dict[str, Tower] = {}  # plain dict: the method must not own backbone weights
         self.dropout = nn.Dropout(self.config.dropout) if self.config.dropout > 0 else None
         self._width = 0
+        self._kind = ""
 
     # ----- configuration ------------------------------------------------------------------------
     def validate_config(self) -> None:
@@ -222,6 +223,7 @@ class E2VPT(Method):
             raise UserError(f"e2vpt: text_kv_tokens needs a text tower; {backbone.name!r} has none")
         self._towers["image"] = image
         self._width = image.width
+        self._kind = backbone.kind
         bound = _visual_bound(image.width)
         for width in widths:
             self.visual.append(nn.Parameter(torch.empty(c.visual_tokens, width).uniform_(-bound, bound)))
@@ -259,6 +261,10 @@ class E2VPT(Method):
                 mode="replace",
                 position="after_first",
                 dropout=self.dropout,
+                # per example (ChengHan111/E2VPT src/models/vit_prompt/vit_prompt_VK.py:L134, L183-184:
+                # expand, then dropout); on Swin one mask per batch for the deep prompts, as its Swin
+                # code drops out the unexpanded parameter (swin_transformer_prompt_VK.py:L233-234, L334)
+                per_example_dropout=not (self._kind == "swin" and layer > 0),
                 gate=functools.partial(self.gate, p.shape[1]) if c.prune else None,
                 keep=self._sequence_keep if c.prune else None,
             )

@@ -14,7 +14,10 @@ Images are decoded with PIL, converted to RGB and resized by the task's preproce
 the task's meta with every result): ``center_crop`` (shorter side to ``image_size``, then a centre
 crop: CoOp's test transform), ``square`` (straight to ``image_size`` x ``image_size``: VPT's VTAB
 transform) or ``resize_crop`` (shorter side to ``image_size * 256 / 224``, then a centre crop: VPT's
-FGVC eval transform). A few-shot training subset keeps its decoded uint8 tensors in memory, shared
+FGVC eval transform). The ``interpolation`` is PIL's ``bicubic`` or ``bilinear`` (PIL filters are
+antialiased when downsampling; torchvision's ``Resize`` on a PIL image is exactly PIL's resize), or
+``tf_bilinear``: TensorFlow's legacy bilinear resize (:func:`tf_bilinear_resize`), the one VPT's
+VTAB pipeline calls. A few-shot training subset keeps its decoded uint8 tensors in memory, shared
 by every run of the process that uses the same images.
 """
 
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
     from ..suites import TaskSpec
 
 RESIZE_MODES = ("center_crop", "square", "resize_crop")
-INTERPOLATIONS = ("bicubic", "bilinear")
+INTERPOLATIONS = ("bicubic", "bilinear", "tf_bilinear")
 IMAGE_ARGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "image_size": (int, 224),
     "resize": (str, "center_crop"),
@@ -205,26 +208,79 @@ def decode_image(
     return _resize(rgb, image_size, resize, interpolation)
 
 
+def _tf_axis(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices (lower, upper) and weights of the upper one along one axis, TF's legacy way."""
+    f32 = torch.float32
+    scale = torch.tensor(float(in_size), dtype=f32) / torch.tensor(float(out_size), dtype=f32)  # TF: float
+    src = torch.arange(out_size, dtype=torch.float32) * scale  # no half-pixel offset
+    floor = torch.floor(src)
+    lower = floor.long().clamp(min=0)
+    upper = torch.ceil(src).long().clamp(max=in_size - 1)
+    return lower, upper, src - floor
+
+
+def tf_bilinear_resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize of a (C, H, W) image to float32 (C, height, width), as VPT's VTAB pipeline does.
+
+    VPT calls ``tf.image.resize(image, [224, 224])`` with ``import tensorflow.compat.v1 as tf``
+    (KMnP/vpt src/data/datasets/tf_dataset.py:5, 148-150; ChengHan111/E2VPT the same file, 5 and
+    217). Under ``compat.v1`` that name is the legacy ``resize_images`` (tensorflow/tensorflow
+    tensorflow/python/ops/image_ops_impl.py, ``@tf_export(v1=['image.resize_images',
+    'image.resize'])``), which calls the ``ResizeBilinear`` kernel with ``align_corners=False`` and
+    the op's default ``half_pixel_centers=False`` (tensorflow/core/ops/image_ops.cc): the source
+    coordinate of output pixel ``i`` is ``i * in / out`` (``LegacyScaler``,
+    tensorflow/core/util/image_resizer_state.h), no antialiasing, edge indices clamped, lerp along
+    the width and then the height in float32 (``compute_lerp`` in
+    tensorflow/core/kernels/image/resize_bilinear_op.cc). This is not TF2's ``tf.image.resize``
+    (half-pixel centres, i.e. ``torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False, antialias=False)``): the legacy grid is shifted by up to half an input pixel.
+    The same arithmetic is done here in float32, so the result equals TF's up to float rounding.
+    """
+    x = image.to(torch.float32)
+    y_lo, y_hi, y_w = _tf_axis(x.shape[-2], height)
+    x_lo, x_hi, x_w = _tf_axis(x.shape[-1], width)
+    rows_lo, rows_hi = x[..., y_lo, :], x[..., y_hi, :]
+    x_w = x_w.view(1, 1, -1)
+    top = rows_lo[..., x_lo] + (rows_lo[..., x_hi] - rows_lo[..., x_lo]) * x_w
+    bottom = rows_hi[..., x_lo] + (rows_hi[..., x_hi] - rows_hi[..., x_lo]) * x_w
+    return top + (bottom - top) * y_w.view(1, -1, 1)
+
+
+def _to_uint8(im: Any) -> torch.Tensor:
+    arr = np.asarray(im, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
 def _resize(im: Any, size: int, resize: str, interpolation: str) -> torch.Tensor:
+    """A PIL RGB image -> uint8 (3, size, size) by ``resize`` (see the module docstring).
+
+    ``tf_bilinear`` rounds TF's float result to uint8 (the reference keeps the float32 values: at
+    most 0.5/255 apart per pixel) and crops, if the mode crops, after resizing, as the PIL modes do.
+    """
     from PIL import Image
 
+    tf = interpolation == "tf_bilinear"
     method = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
+    w, h = im.size
     if resize == "square":
-        im = im.resize((size, size), method)
+        nw, nh = size, size
     else:
         short = size if resize == "center_crop" else int(size * 256 / 224)
-        w, h = im.size
         if w <= h:
             nw, nh = short, int(short * h / w)
         else:
             nw, nh = int(short * w / h), short
-        if (nw, nh) != (w, h):
+    if tf:
+        out = tf_bilinear_resize(_to_uint8(im), nh, nw).round_().clamp_(0, 255).to(torch.uint8)
+    else:
+        if resize == "square" or (nw, nh) != (w, h):
             im = im.resize((nw, nh), method)
+        out = _to_uint8(im)
+    if resize != "square":
         left = int(round((nw - size) / 2.0))
         top = int(round((nh - size) / 2.0))
-        im = im.crop((left, top, left + size, top + size))
-    arr = np.asarray(im, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+        out = out[:, top : top + size, left : left + size].contiguous()
+    return out
 
 
 class FileImageDataset(Dataset):

@@ -7,8 +7,12 @@ under ``--data-root``::
 
 Class ids are remapped to contiguous labels in sorted order. VPT builds that map per split, so a
 split missing a class silently shifts every later label; here the map comes from train and an id
-that train lacks is an error. The default preprocessing is VPT's eval transform: resize the
-shorter side to 256 and centre-crop 224 (bilinear).
+that train lacks is an error. The default preprocessing is VPT's eval transform
+(``KMnP/vpt:src/data/transforms.py:14-16, 33-40``): ``Resize(256)`` (shorter side to 256) and
+``CenterCrop(224)``, torchvision on a PIL image (``json_dataset.py:108``, ``default_loader``), whose
+default interpolation is bilinear and which calls PIL's resize (antialiased when downsampling); here
+PIL's bilinear resize directly (``resize_crop``, ``interpolation: bilinear``), same sizes and crop
+offsets. VPT's train transform (RandomCrop + flip) is augmentation, not this loader's business.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "image_dir": ((str, type(None)), None),
     "train_file": (str, "train.json"),
     "class_names": ((list, type(None)), None),
+    # VPT eval transform: Resize(256) (torchvision default: bilinear, on PIL), CenterCrop(224)
+    # (KMnP/vpt src/data/transforms.py:14-16, 35-36)
     **{**IMAGE_ARGS, "resize": (str, "resize_crop"), "interpolation": (str, "bilinear")},
 }
 

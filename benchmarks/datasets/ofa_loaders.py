@@ -12,7 +12,9 @@ no-repeat 3-grams, unconstrained; caption beam 5, at most 16 tokens, no-repeat 3
 VQA score every candidate answer (``allcand``), with the trie of the candidates also constraining
 the training loss (OFA's constraint masks; ``constrained_training: false`` turns it off).
 ``prompt_type: prev_output`` (OFA's SNLI-VE and VQA scripts) starts the decoder with the source
-tokens (without their EOS) and scores / generates the answer after them.
+tokens (without their EOS) and scores / generates the answer after them. ``split_names`` gives the
+dataset's own name of a split (``{test: test2015}``, ``{val: dev}``); results record it as
+``eval.split``.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ _COMMON: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "constrained_training": ((bool, type(None)), None),  # None: on for the closed-set tasks
     "prompt_type": (str, "none"),  # none: the decoder starts at BOS; prev_output: after the source
     "max_examples": (dict, {}),  # split -> first n samples
+    "split_names": (dict, {}),  # split -> the dataset's own name for it (recorded), e.g. test: test2015
 }
 TSV_SCHEMA = {
     **_COMMON,
@@ -106,6 +109,11 @@ class Seq2SeqTaskData:
             )
         return self.splits[name]
 
+    def split_name(self, name: str) -> str:
+        """The dataset's own name of split ``name`` (the ``split_names`` arg; else ``name``), e.g.
+        ``test`` -> ``test2015`` for OFA's ``vqa_test.tsv``; results record it."""
+        return str(self.options.get("split_names", {}).get(name, name))
+
     @property
     def decode_options(self) -> dict[str, Any]:
         keys = ("inference", "beam", "max_len", "min_len", "no_repeat_ngram_size", "length_penalty")
@@ -133,6 +141,12 @@ def _common(loader: str, a: dict[str, Any]) -> dict[str, Any]:
     if bad or not all(isinstance(v, int) and v > 0 for v in out["max_examples"].values()):
         raise UserError(
             f"loader {loader!r}: max_examples maps splits ({', '.join(SPLITS)}) to positive counts"
+        )
+    names = out["split_names"]
+    if set(names) - set(SPLITS) or not all(isinstance(v, str) and v.strip() for v in names.values()):
+        raise UserError(
+            f"loader {loader!r}: split_names maps splits ({', '.join(SPLITS)}) to the dataset's own "
+            "names for them (non-empty strings, e.g. {test: test2015})"
         )
     return out
 

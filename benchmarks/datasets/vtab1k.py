@@ -8,7 +8,12 @@ Each split file has one ``<image path> <int label>`` line per image, paths relat
 folder. The splits map to the harness's names as train800 -> ``train``, val200 -> ``val``,
 train800val200 -> ``trainval``, test -> ``test``: the final run trains on ``trainval`` and a search
 scores on ``val`` after training on ``train`` (the runner does that switch). The default
-preprocessing is VPT's: a plain resize to 224 x 224 (no crop, no flip).
+preprocessing is VPT's: a plain resize to 224 x 224 (no crop, no flip) with TensorFlow's legacy
+bilinear resize, ``interpolation: tf_bilinear`` (KMnP/vpt src/data/datasets/tf_dataset.py:5,
+148-150: ``tf.image.resize`` under ``tensorflow.compat.v1``; see ``_files.tf_bilinear_resize``),
+then [0, 1] and ImageNet mean/std, which the backbone applies (``vit-b16``). Two differences stay:
+the resized values are rounded to uint8 (VPT keeps float32: at most 0.5/255 apart), and the images
+are NOAH's JPEG re-encodings of the TFDS images VPT decodes directly.
 """
 
 from __future__ import annotations
@@ -74,7 +79,9 @@ SCHEMA: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "folder": (str, "vtab-1k"),
     "num_classes": ((int, type(None)), None),
     "class_names": ((list, type(None)), None),
-    **{**IMAGE_ARGS, "resize": (str, "square")},
+    # VPT: tf.image.resize(image, [224, 224]) under tensorflow.compat.v1 = legacy bilinear, no crop
+    # (KMnP/vpt src/data/datasets/tf_dataset.py:5, 148-150)
+    **{**IMAGE_ARGS, "resize": (str, "square"), "interpolation": (str, "tf_bilinear")},
 }
 
 

@@ -8,8 +8,11 @@ float`` in percent instead.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from petlbench.errors import UserError
@@ -209,6 +212,60 @@ def vqa_soft_accuracy(
     return 100.0 * total / len(preds)
 
 
+# ----- VQA test-dev / test-std submission --------------------------------------------------------
+
+
+def vqa_results(question_ids: Sequence[int | str], answers: Sequence[str]) -> list[dict[str, Any]]:
+    """The official VQA results format: a JSON list of ``{"question_id": int, "answer": str}``, one
+    entry per question, in the order given.
+
+    This is what the VQA evaluation API loads (GT-Vision-Lab/VQA ``PythonHelperTools/vqaTools/vqa.py``
+    ``loadRes`` L161-165: a list whose question ids must be exactly the set's question ids) and what
+    OFA writes for its test split (OFA-Sys/OFA ``utils/eval_utils.py`` L110 beam search and L168
+    all-candidate: ``{"question_id": int(id), "answer": hyp}``; ``merge_results`` L426-429 dumps the list
+    to ``{gen_subset}_predict.json``, which README L365 says to submit to EvalAI). Answers are stripped
+    (OFA's ``.strip()``, L110); ids must be integers (or integer strings, as read from a tsv) and unique.
+    """
+    if len(question_ids) != len(answers):
+        raise ValueError(f"{len(question_ids)} question ids for {len(answers)} answers")
+    out: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for qid, answer in zip(question_ids, answers, strict=True):
+        try:
+            value = int(qid) if not isinstance(qid, bool) else None
+        except (TypeError, ValueError):
+            value = None
+        if value is None or (isinstance(qid, float) and qid != value):
+            raise ValueError(f"question id {qid!r} is not an integer (VQA question ids are ints)")
+        if value in seen:
+            raise ValueError(f"question id {value} appears twice; the results need one answer per question")
+        if not isinstance(answer, str):
+            raise ValueError(f"answer for question {value} is {type(answer).__name__}, not a string")
+        seen.add(value)
+        out.append({"question_id": value, "answer": answer.strip()})
+    return out
+
+
+def write_vqa_results(
+    path: str | Path, question_ids: Sequence[int | str], answers: Sequence[str]
+) -> dict[str, Any]:
+    """Write :func:`vqa_results` as JSON to ``path`` (atomically: a temporary file, then renamed) and
+    return ``{"path", "questions", "sha256", "format"}`` for the run's record."""
+    results = vqa_results(question_ids, answers)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(results).encode("utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return {
+        "path": str(path),
+        "questions": len(results),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "format": 'VQA results json: [{"question_id": int, "answer": str}, ...] (EvalAI VQA challenge)',
+    }
+
+
 # ----- name -> metric -----------------------------------------------------------------------------
 
 GenerativeMetric = Callable[[Sequence[Any], Sequence[Any]], float]
@@ -251,6 +308,8 @@ __all__ = [
     "vqa_official_overall",
     "vqa_process_digit_article",
     "vqa_process_punctuation",
+    "vqa_results",
     "vqa_soft_accuracy",
     "vqa_soft_score",
+    "write_vqa_results",
 ]

@@ -23,6 +23,20 @@ from petlbench.errors import UserError
 SUITES_DIR = Path(__file__).resolve().parent
 OPTIMIZERS = ("sgd", "adamw")
 SPLITS = ("train", "val", "test", "trainval")
+# How the learning rate moves, as each reference steps it (the trainer implements them).
+SCHEDULES = {
+    "linear_warmup_cosine_step": "per optimisation step: linear warm-up (step+1)/W, then a half cosine to 0 "
+    "(petlbench's own, for the offline suites)",
+    "dassl_constant_warmup_cosine_epoch": "per epoch: the first warmup_epochs at the constant warmup_lr, "
+    "then lr*(1+cos(pi*(e-W)/epochs))/2 (Dassl ConstantWarmupScheduler + CosineAnnealingLR(MAX_EPOCH), "
+    "WARMUP_RECOUNT=True; KaiyangZhou/Dassl.pytorch dassl/optim/lr_scheduler.py:L35-54, L128-141; "
+    "stepped once per epoch, KaiyangZhou/CoOp trainers/coop.py:L281-282)",
+    "vpt_linear_warmup_cosine_epoch": "per epoch: factor e/W for e < W (0 at epoch 0), then "
+    "(1+cos(pi*(e-W)/(epochs-W)))/2 (KMnP/vpt src/solver/lr_scheduler.py:L41-65 WarmupCosineSchedule, "
+    "stepped once per epoch, src/engine/trainer.py:L156, L221)",
+}
+# Where a protocol value came from, bottom to top (DESIGN section 6.1).
+LAYERS = ("suite", "task", "method", "search", "user")
 
 
 # ----- protocol -----------------------------------------------------------------------------------
@@ -59,6 +73,9 @@ class Protocol:
     train_split: str = "train"
     eval_split: str = "test"
     shots: int | None = None
+    schedule: str = "linear_warmup_cosine_step"  # one of SCHEDULES
+    warmup_lr: float = 1e-5  # the constant lr of warm-up epochs (dassl_constant_warmup_cosine_epoch only)
+    augmentation: str = "none"  # training augmentation (petlbench.benchmarks.augment); eval never augments
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -100,6 +117,21 @@ class Protocol:
             )
         if self.shots is not None and (not _is_int(self.shots) or self.shots < 1):
             raise _field_error("shots", "a positive integer or null (all training data)", self.shots)
+        if self.schedule not in SCHEDULES:
+            raise _field_error("schedule", f"one of {', '.join(SCHEDULES)}", self.schedule)
+        if self.schedule.endswith("_epoch") and not float(self.warmup_epochs).is_integer():
+            raise _field_error(
+                "warmup_epochs",
+                f"a whole number of epochs with schedule {self.schedule!r}",
+                self.warmup_epochs,
+            )
+        if not _is_number(self.warmup_lr) or self.warmup_lr < 0:
+            raise _field_error("warmup_lr", "a number >= 0", self.warmup_lr)
+        object.__setattr__(self, "warmup_lr", float(self.warmup_lr))
+        from petlbench.benchmarks.augment import AUGMENTATIONS
+
+        if self.augmentation not in AUGMENTATIONS:
+            raise _field_error("augmentation", f"one of {', '.join(AUGMENTATIONS)}", self.augmentation)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -127,6 +159,70 @@ class Protocol:
 
 
 @dataclass(frozen=True)
+class Deviation:
+    """A named way runs of a suite depart from the reference protocol (shown per result row).
+    ``tasks``/``methods``/``backbones`` restrict it (empty: all)."""
+
+    id: str
+    what: str
+    tasks: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    backbones: tuple[str, ...] = ()
+
+    def applies(self, task: str, method: str, backbone: str) -> bool:
+        return (
+            (not self.tasks or task in self.tasks)
+            and (not self.methods or method in self.methods)
+            and (not self.backbones or backbone in self.backbones)
+        )
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "what": self.what}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A reference's hyperparameter search as suite data (VPT's tune_vtab.py / tune_fgvc.py).
+
+    ``phases`` are searched one after another on the selection split (each phase's grid is crossed
+    with the best point of the phases before it); ``method_phases[m]`` are merged into the phases
+    of the same index for method ``m`` (longer lists append phases: E2VPT's pruning rates).
+    ``lr_scaling`` ``batch/256`` multiplies every searched lr by batch_size / 256 (the reference's
+    linear scaling rule). ``tie_break`` orders equal selection scores: ``[[key, min|max], ...]``,
+    then grid order."""
+
+    phases: tuple[dict[str, list[Any]], ...]
+    method_phases: dict[str, tuple[dict[str, list[Any]], ...]]
+    lr_scaling: str | None = None
+    tie_break: tuple[tuple[str, str], ...] = ()
+    refs: dict[str, str] = field(default_factory=dict)
+
+    def phases_for(self, method: str) -> list[dict[str, list[Any]]]:
+        extra = list(self.method_phases.get(method, ()))
+        out = [dict(p) for p in self.phases]
+        for i, phase in enumerate(extra):
+            if i < len(out):
+                out[i].update(phase)
+            else:
+                out.append(dict(phase))
+        return out
+
+    def scaled(self, point: dict[str, Any], batch_size: int) -> dict[str, Any]:
+        """A grid point as the run uses it (lr scaled by the batch when the rule says so)."""
+        if self.lr_scaling == "batch/256" and "lr" in point:
+            return {**point, "lr": float(point["lr"]) * batch_size / 256}
+        return dict(point)
+
+    def describe(self, method: str) -> dict[str, Any]:
+        return {
+            "phases": self.phases_for(method),
+            "lr_scaling": self.lr_scaling,
+            "tie_break": [list(t) for t in self.tie_break],
+            "refs": dict(self.refs),
+        }
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One task of a suite, as written in the suite file."""
 
@@ -138,6 +234,19 @@ class TaskSpec:
     class_names: tuple[str, ...] | None = None
     group: str | None = None
     protocol: dict[str, Any] = field(default_factory=dict)
+    protocol_refs: dict[str, str] = field(default_factory=dict)
+    method_protocol: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method, this task only
+    method_protocol_refs: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EffectiveProtocol:
+    """A run's protocol with, for every field, the layer that set it (suite | task | method | user)
+    and, for suite and method values, the reference it reproduces."""
+
+    protocol: Protocol
+    source: dict[str, str]
+    refs: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -153,6 +262,14 @@ class Suite:
     needs_data_root: bool
     path: str
     sha256: str
+    protocol_refs: dict[str, str] = field(default_factory=dict)
+    method_protocol_refs: dict[str, dict[str, str]] = field(default_factory=dict)
+    method_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method option defaults
+    epochs_by_shots: dict[int, int] = field(default_factory=dict)
+    epochs_by_shots_ref: str | None = None
+    seeds_ref: str | None = None
+    search: SearchSpace | None = None
+    deviations: tuple[Deviation, ...] = ()
 
     @property
     def task_names(self) -> list[str]:
@@ -164,19 +281,72 @@ class Suite:
                 return t
         raise UserError(f"suite {self.name!r} has no task {name!r}; its tasks: {', '.join(self.task_names)}")
 
-    def protocol_for(self, task: TaskSpec, method: str | None = None, **overrides: Any) -> Protocol:
-        """The protocol one run uses: suite defaults <- ``method_protocol[method]`` <- the task's
-        ``protocol`` <- ``overrides`` (e.g. from the command line); later wins."""
-        merged: dict[str, Any] = {}
+    def resolve_protocol(
+        self,
+        task: TaskSpec,
+        method: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        search: Mapping[str, Any] | None = None,
+    ) -> EffectiveProtocol:
+        """The protocol one run uses, layered bottom to top (DESIGN 6.1): the suite's protocol, the
+        task's, the method's reference protocol on this suite (``method_protocol``, then the task's
+        own ``method_protocol``), the point a search chose (``search``), then ``overrides`` (the
+        user's). A layer that repeats the value
+        below it does not take the field over. The suite's ``epochs_by_shots`` (the reference's
+        epochs per shot count) sets ``epochs`` when no layer above the suite set it."""
+        overrides = dict(overrides or {})
+        Protocol.check_keys(overrides)
+        Protocol.check_keys(search or {})
+        values = self.protocol.to_dict()
+        source = dict.fromkeys(values, "suite")
+        refs = dict(self.protocol_refs)
+
+        def apply(layer: Mapping[str, Any], layer_refs: Mapping[str, str], name: str) -> None:
+            for key, value in layer.items():
+                if key in values and values[key] == value and key not in layer_refs:
+                    continue
+                values[key] = value
+                source[key] = name
+                if key in layer_refs:
+                    refs[key] = layer_refs[key]
+                else:
+                    refs.pop(key, None)
+
+        apply(task.protocol, task.protocol_refs, "task")
         if method is not None:
-            merged.update(self.method_protocol.get(method, {}))
-        merged.update(task.protocol)
-        merged.update(overrides)
+            apply(self.method_protocol.get(method, {}), self.method_protocol_refs.get(method, {}), "method")
+            apply(task.method_protocol.get(method, {}), task.method_protocol_refs.get(method, {}), "method")
+        user_epochs = "epochs" in overrides or "epochs" in (search or {})
+        apply(search or {}, {}, "search")
+        apply(overrides, {}, "user")
+        where = f"suite {self.name!r}, task {task.name!r}" + (f", method {method!r}" if method else "")
+        if self.epochs_by_shots and source["epochs"] == "suite" and not user_epochs:
+            shots = values.get("shots")
+            if shots not in self.epochs_by_shots:
+                known = ", ".join(str(k) for k in sorted(self.epochs_by_shots))
+                raise UserError(
+                    f"{where}: the reference gives no epoch count for shots={shots} (it has {known}); "
+                    "pass --protocol epochs=E as well"
+                )
+            values["epochs"] = self.epochs_by_shots[shots]
+            if self.epochs_by_shots_ref:
+                refs["epochs"] = self.epochs_by_shots_ref
         try:
-            return self.protocol.replace(**merged)
+            protocol = self.protocol.replace(**values)
         except UserError as err:
-            where = f"suite {self.name!r}, task {task.name!r}" + (f", method {method!r}" if method else "")
             raise UserError(f"{where}: {err}") from None
+        return EffectiveProtocol(protocol, source, {k: v for k, v in refs.items() if k in values})
+
+    def protocol_for(self, task: TaskSpec, method: str | None = None, **overrides: Any) -> Protocol:
+        """The effective protocol of :meth:`resolve_protocol` without its sources."""
+        return self.resolve_protocol(task, method, overrides).protocol
+
+    def method_config_for(self, method: str) -> dict[str, Any]:
+        """Option defaults this suite sets for ``method`` (under the user's ``--set``)."""
+        return dict(self.method_config.get(method, {}))
+
+    def deviations_for(self, task: str, method: str, backbone: str) -> list[dict[str, str]]:
+        return [d.to_dict() for d in self.deviations if d.applies(task, method, backbone)]
 
 
 # ----- loading ------------------------------------------------------------------------------------
@@ -214,6 +384,10 @@ class _Reader:
         "seeds": True,
         "protocol": False,
         "method_protocol": False,
+        "method_config": False,
+        "epochs_by_shots": False,
+        "search": False,
+        "deviations": False,
         "tasks": True,
     }
     TASK_KEYS = {
@@ -225,6 +399,7 @@ class _Reader:
         "class_names": False,
         "group": False,
         "protocol": False,
+        "method_protocol": False,
     }
 
     def __init__(self, path: Path) -> None:
@@ -273,7 +448,23 @@ class _Reader:
             raise self.error(where, f"duplicate entries {dupes}")
         return out
 
-    def protocol_overrides(self, value: Any, where: str) -> dict[str, Any]:
+    def cited(self, value: Any, where: str) -> tuple[Any, str | None]:
+        """A value as written: plain, or ``{value: V, ref: "repo file:line"}`` (the reference it comes
+        from, kept with the value so every run can cite it)."""
+        if isinstance(value, dict) and "value" in value:
+            extra = sorted(set(value) - {"value", "ref"})
+            if extra:
+                raise self.error(
+                    f"{where}.{extra[0]}", "unknown key; a cited value has only 'value' and 'ref'"
+                )
+            ref = value.get("ref")
+            if ref is not None:
+                ref = self.string(ref, f"{where}.ref")
+            return value["value"], ref
+        return value, None
+
+    def protocol_overrides(self, value: Any, where: str) -> tuple[dict[str, Any], dict[str, str]]:
+        """Protocol values and their references (``ref``) from a mapping of possibly cited values."""
         overrides = self.mapping(value, where)
         unknown = sorted(set(overrides) - set(Protocol.field_names()))
         if unknown:
@@ -281,7 +472,110 @@ class _Reader:
                 f"{where}.{unknown[0]}",
                 f"unknown protocol field; known fields: {', '.join(Protocol.field_names())}",
             )
-        return dict(overrides)
+        values: dict[str, Any] = {}
+        refs: dict[str, str] = {}
+        for key, raw in overrides.items():
+            values[key], ref = self.cited(raw, f"{where}.{key}")
+            if ref is not None:
+                refs[key] = ref
+        return values, refs
+
+    def per_method(self, value: Any, where: str, base: Protocol) -> tuple[dict, dict]:
+        """``{method: {field: value}}`` -> (values per method, refs per method), each checked."""
+        values: dict[str, dict[str, Any]] = {}
+        refs: dict[str, dict[str, str]] = {}
+        for method, overrides in self.mapping(value, where).items():
+            values[method], refs[method] = self.protocol_overrides(overrides, f"{where}.{method}")
+            self.check_protocol(base, values[method], f"{where}.{method}")
+        return values, refs
+
+    def method_config(self, value: Any) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for method, options in self.mapping(value, "method_config").items():
+            opts = self.mapping(options, f"method_config.{method}")
+            out[method] = {k: self.cited(v, f"method_config.{method}.{k}")[0] for k, v in opts.items()}
+        return out
+
+    def epochs_by_shots(self, value: Any) -> tuple[dict[int, int], str | None]:
+        raw, ref = self.cited(value, "epochs_by_shots")
+        table = self.mapping(raw, "epochs_by_shots") if not isinstance(raw, dict) else raw
+        out: dict[int, int] = {}
+        for k, v in table.items():
+            if not _is_int(k) or k < 1 or not _is_int(v) or v < 1:
+                raise self.error(
+                    "epochs_by_shots", f"expected shots: epochs (positive integers), got {k!r}: {v!r}"
+                )
+            out[k] = v
+        return out, ref
+
+    def search(self, value: Any) -> SearchSpace:
+        s = self.mapping(
+            value, "search", {"phases": True, "methods": False, "lr_scaling": False, "tie_break": False}
+        )
+        refs: dict[str, str] = {}
+
+        def phases(raw: Any, where: str) -> tuple[dict[str, list[Any]], ...]:
+            if not isinstance(raw, list) or not raw:
+                raise self.error(where, f"expected a non-empty list of grids, got {_describe(raw)}")
+            out = []
+            for i, phase in enumerate(raw):
+                grid: dict[str, list[Any]] = {}
+                for key, cell in self.mapping(phase, f"{where}[{i}]").items():
+                    values, ref = self.cited(cell, f"{where}[{i}].{key}")
+                    if not isinstance(values, list) or not values:
+                        raise self.error(
+                            f"{where}[{i}].{key}", f"expected a non-empty list, got {_describe(values)}"
+                        )
+                    grid[key] = list(values)
+                    if ref is not None:
+                        refs[f"{where}[{i}].{key}"] = ref
+                out.append(grid)
+            return tuple(out)
+
+        main = phases(s["phases"], "search.phases")
+        method_phases = {
+            m: phases(
+                self.mapping(v, f"search.methods.{m}", {"phases": True})["phases"],
+                f"search.methods.{m}.phases",
+            )
+            for m, v in self.mapping(s.get("methods", {}), "search.methods").items()
+        }
+        scaling, ref = self.cited(s.get("lr_scaling"), "search.lr_scaling")
+        if scaling not in (None, "batch/256"):
+            raise self.error("search.lr_scaling", f"expected batch/256 or nothing, got {_describe(scaling)}")
+        if ref:
+            refs["lr_scaling"] = ref
+        ties_raw, ref = self.cited(s.get("tie_break", []), "search.tie_break")
+        if ref:
+            refs["tie_break"] = ref
+        ties = []
+        for i, item in enumerate(ties_raw or []):
+            if not (isinstance(item, list) and len(item) == 2 and item[1] in ("min", "max")):
+                raise self.error(f"search.tie_break[{i}]", f"expected [key, min|max], got {_describe(item)}")
+            ties.append((self.string(item[0], f"search.tie_break[{i}][0]"), item[1]))
+        return SearchSpace(main, method_phases, scaling, tuple(ties), refs)
+
+    def deviations(self, value: Any) -> tuple[Deviation, ...]:
+        if not isinstance(value, list):
+            raise self.error("deviations", f"expected a list, got {_describe(value)}")
+        out = []
+        keys = {"id": True, "what": True, "tasks": False, "methods": False, "backbones": False}
+        for i, raw in enumerate(value):
+            d = self.mapping(raw, f"deviations[{i}]", keys)
+            out.append(
+                Deviation(
+                    self.string(d["id"], f"deviations[{i}].id"),
+                    " ".join(self.string(d["what"], f"deviations[{i}].what").split()),
+                    *(
+                        self.str_list(d[k], f"deviations[{i}].{k}") if k in d else ()
+                        for k in ("tasks", "methods", "backbones")
+                    ),
+                )
+            )
+        ids = [d.id for d in out]
+        if len(set(ids)) != len(ids):
+            raise self.error("deviations", f"duplicate ids {sorted({i for i in ids if ids.count(i) > 1})}")
+        return tuple(out)
 
     def check_protocol(self, base: Protocol, overrides: Mapping[str, Any], where: str) -> None:
         try:
@@ -317,7 +611,7 @@ class _Reader:
         if not isinstance(description, str):
             raise self.error("description", f"expected a string, got {_describe(description)}")
         backbones = self.str_list(top["backbones"], "backbones")
-        seeds_raw = top["seeds"]
+        seeds_raw, seeds_ref = self.cited(top["seeds"], "seeds")
         if not isinstance(seeds_raw, list) or not seeds_raw:
             raise self.error("seeds", f"expected a non-empty list of integers, got {_describe(seeds_raw)}")
         for i, s in enumerate(seeds_raw):
@@ -327,18 +621,21 @@ class _Reader:
             raise self.error("seeds", f"duplicate seeds in {seeds_raw}")
         seeds = tuple(seeds_raw)
 
+        protocol_values, protocol_refs = self.protocol_overrides(top.get("protocol", {}), "protocol")
         try:
-            protocol = Protocol(**self.protocol_overrides(top.get("protocol", {}), "protocol"))
+            protocol = Protocol(**protocol_values)
         except UserError as err:
             raise self.error("protocol", str(err)) from None
         except TypeError as err:  # pragma: no cover - keys are checked above
             raise self.error("protocol", str(err)) from None
 
-        method_protocol: dict[str, dict[str, Any]] = {}
-        for method, overrides in self.mapping(top.get("method_protocol", {}), "method_protocol").items():
-            where = f"method_protocol.{method}"
-            method_protocol[method] = self.protocol_overrides(overrides, where)
-            self.check_protocol(protocol, method_protocol[method], where)
+        method_protocol, method_protocol_refs = self.per_method(
+            top.get("method_protocol", {}), "method_protocol", protocol
+        )
+        method_config = self.method_config(top.get("method_config", {}))
+        epochs_by_shots, epochs_ref = self.epochs_by_shots(top.get("epochs_by_shots", {}))
+        search = self.search(top["search"]) if top.get("search") is not None else None
+        deviations = self.deviations(top.get("deviations", []))
 
         tasks_raw = top["tasks"]
         if not isinstance(tasks_raw, list) or not tasks_raw:
@@ -363,6 +660,14 @@ class _Reader:
             needs_data_root=any(loader_entry(t.loader).needs_data_root for t in tasks),
             path=str(self.path),
             sha256=hashlib.sha256(raw_bytes).hexdigest(),
+            protocol_refs=protocol_refs,
+            method_protocol_refs=method_protocol_refs,
+            method_config=method_config,
+            epochs_by_shots=epochs_by_shots,
+            epochs_by_shots_ref=epochs_ref,
+            seeds_ref=seeds_ref,
+            search=search,
+            deviations=deviations,
         )
 
     def task(
@@ -410,11 +715,16 @@ class _Reader:
         group = t.get("group")
         if group is not None:
             group = self.string(group, f"{where}.group")
-        overrides = self.protocol_overrides(t.get("protocol", {}), f"{where}.protocol")
+        overrides, refs = self.protocol_overrides(t.get("protocol", {}), f"{where}.protocol")
         self.check_protocol(protocol, overrides, f"{where}.protocol")
-        for method, m_over in method_protocol.items():
+        task_methods, task_method_refs = self.per_method(
+            t.get("method_protocol", {}), f"{where}.method_protocol", protocol.replace(**overrides)
+        )
+        for method in set(method_protocol) | set(task_methods):
             self.check_protocol(
-                protocol, {**m_over, **overrides}, f"{where}.protocol (with method_protocol.{method})"
+                protocol,
+                {**overrides, **method_protocol.get(method, {}), **task_methods.get(method, {})},
+                f"{where}.protocol (with method_protocol.{method})",
             )
         self.task_name = None
         return TaskSpec(
@@ -426,6 +736,9 @@ class _Reader:
             class_names=class_names,
             group=group,
             protocol=overrides,
+            protocol_refs=refs,
+            method_protocol=task_methods,
+            method_protocol_refs=task_method_refs,
         )
 
 

@@ -161,8 +161,18 @@ def test_additive_bias_padding_scale_and_head_transform_with_prompt_keys():
     head_scale = torch.tensor([0.5, 1.0, 2.0, -1.0]).view(1, heads, 1, 1)
     for causal in (False, True):
         got = slot_attention(
-            x, w, b, wo, bo, heads, slots=LayerSlots(kv_heads=MaskedKV(pk, pv)), causal=causal,
-            attn_bias=bias, key_padding_mask=padding, scale=0.3, head_transform=lambda o: o * head_scale,
+            x,
+            w,
+            b,
+            wo,
+            bo,
+            heads,
+            slots=LayerSlots(kv_heads=MaskedKV(pk, pv)),
+            causal=causal,
+            attn_bias=bias,
+            key_padding_mask=padding,
+            scale=0.3,
+            head_transform=lambda o: o * head_scale,
         )
         q, k, v = F.linear(x, w, b).view(bsz, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
         k = torch.cat([pk.expand(bsz, -1, -1, -1), k], 2)
@@ -179,7 +189,77 @@ def test_additive_bias_padding_scale_and_head_transform_with_prompt_keys():
         x2 = x.clone()
         x2[1, -2:] += 5.0
         again = slot_attention(
-            x2, w, b, wo, bo, heads, slots=LayerSlots(kv_heads=MaskedKV(pk, pv)), causal=causal,
-            attn_bias=bias, key_padding_mask=padding, scale=0.3, head_transform=lambda o: o * head_scale,
+            x2,
+            w,
+            b,
+            wo,
+            bo,
+            heads,
+            slots=LayerSlots(kv_heads=MaskedKV(pk, pv)),
+            causal=causal,
+            attn_bias=bias,
+            key_padding_mask=padding,
+            scale=0.3,
+            head_transform=lambda o: o * head_scale,
         )
         torch.testing.assert_close(again[1, :3], got[1, :3], atol=1e-5, rtol=1e-5)
+
+
+def test_per_example_input_tokens_equal_running_each_example_alone():
+    """(B, n, d) tokens: example b sees its own set, as if it ran alone with (n, d) tokens[b]."""
+    import pytest
+
+    b = build_tiny_vit("v", seed=0)
+    tower = b.tower("image")
+    pixels = torch.randn(3, 3, 32, 32)
+    per_example = torch.randn(3, 4, 64)
+    mask = torch.tensor([True, False, True, True])
+    tower.slots[0].input_tokens = InputTokens(per_example, mask=mask)
+    tower.slots[1].input_tokens = InputTokens(torch.randn(3, 2, 64))
+    batched = b.encode_image(pixels)
+    deep = tower.slots[1].input_tokens.tokens
+    for i in range(3):
+        tower.slots[0].input_tokens = InputTokens(per_example[i], mask=mask)
+        tower.slots[1].input_tokens = InputTokens(deep[i])
+        torch.testing.assert_close(b.encode_image(pixels[i : i + 1])[0], batched[i], atol=1e-5, rtol=1e-5)
+    tower.slots[0].input_tokens = InputTokens(per_example)
+    with pytest.raises(ValueError, match="3 examples, batch of 2"):
+        b.encode_image(pixels[:2])
+
+
+def test_shared_tokens_are_expanded_as_a_view_unless_dropout_draws_per_example():
+    tokens = torch.randn(4, 8)
+    for dropout in (None, torch.nn.Dropout(0.0), torch.nn.Dropout(0.5).eval()):
+        out = InputTokens(tokens, dropout=dropout).for_batch(5)
+        assert out.shape == (5, 4, 8) and out.stride(0) == 0 and torch.equal(out[3], tokens)
+    torch.manual_seed(0)
+    per_example = InputTokens(tokens, dropout=torch.nn.Dropout(0.5)).for_batch(5)
+    assert not torch.equal(per_example[0] == 0, per_example[1] == 0)
+    shared = InputTokens(tokens, dropout=torch.nn.Dropout(0.5), per_example_dropout=False).for_batch(5)
+    assert shared.stride(0) == 0 and torch.equal(shared[0], shared[4])
+    assert InputTokens(tokens, dropout=torch.nn.Dropout(0.5)).active().shape == (4, 8)  # legacy shape
+
+
+def test_before_norm_tokens_only_at_layer_0_of_the_clip_image_tower():
+    import pytest
+
+    clip = build_tiny_clip("t", seed=0)
+    image = clip.tower("image")
+    pixels = torch.randn(2, 3, 32, 32)
+    p = torch.randn(3, 64)
+    image.slots[0].input_tokens = InputTokens(p, position="end", before_norm=True)
+    got = clip.encode_image(pixels)
+    # the same as appending ln_pre(p) after ln_pre: LayerNorm acts per token
+    image.slots[0].input_tokens = InputTokens(image.visual.ln_pre(p).detach(), position="end")
+    torch.testing.assert_close(clip.encode_image(pixels), got, atol=1e-5, rtol=1e-5)
+    image.slots[0].input_tokens = InputTokens(p, position="end", before_norm=True)
+    with pytest.raises(ValueError, match="embedding"):
+        image.run_blocks(image.embed(pixels))  # the tokens would be lost
+    image.clear_slots()
+    image.slots[1].input_tokens = InputTokens(p, position="end", before_norm=True)
+    with pytest.raises(ValueError, match="layer 1"):
+        clip.encode_image(pixels)
+    vit = build_tiny_vit("v", seed=0)
+    vit.tower("image").slots[0].input_tokens = InputTokens(p, before_norm=True)
+    with pytest.raises(ValueError, match="before_norm"):
+        vit.encode_image(pixels)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from petlbench.benchmarks.datasets import load_task
-from petlbench.benchmarks.datasets._files import FileImageDataset
+from petlbench.benchmarks.datasets._files import FileImageDataset, tf_bilinear_resize
 from petlbench.benchmarks.fewshot import few_shot_splits, read_index
 from petlbench.benchmarks.suites import TaskSpec, load_suite
 from petlbench.errors import UserError
@@ -240,6 +240,54 @@ def test_vtab1k_layout(tmp_path: Path) -> None:
     assert data.split("train")[0][0].shape == (3, 16, 16)
 
 
+def _legacy_tf_bilinear(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """An independent float64 reference of TF1's ResizeBilinear (align_corners=False,
+    half_pixel_centers=False): output pixel i samples input coordinate i * in / out, no antialias."""
+    h, w = img.shape[:2]
+    out = np.zeros((out_h, out_w, img.shape[2]))
+    for i in range(out_h):
+        sy = i * h / out_h
+        y0 = int(np.floor(sy))
+        y1, dy = min(y0 + 1, h - 1), sy - y0
+        for j in range(out_w):
+            sx = j * w / out_w
+            x0 = int(np.floor(sx))
+            x1, dx = min(x0 + 1, w - 1), sx - x0
+            out[i, j] = (1 - dy) * ((1 - dx) * img[y0, x0] + dx * img[y0, x1]) + dy * (
+                (1 - dx) * img[y1, x0] + dx * img[y1, x1]
+            )
+    return out
+
+
+@pytest.mark.parametrize("shape, out", [((10, 12), (16, 16)), ((23, 17), (7, 9)), ((5, 5), (5, 5))])
+def test_tf_bilinear_equals_an_independent_legacy_tf_resize(shape, out) -> None:
+    img = np.random.default_rng(0).integers(0, 256, (*shape, 3)).astype(np.uint8)
+    ours = tf_bilinear_resize(torch.from_numpy(img).permute(2, 0, 1), *out).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(ours, _legacy_tf_bilinear(img.astype(np.float64), *out), atol=1e-3, rtol=0)
+
+
+def test_tf_bilinear_is_tf1s_grid_not_half_pixel() -> None:
+    """tf.compat.v1.image.resize maps output i to input i * in / out (TF2's resize is half-pixel)."""
+    row = torch.tensor([[[0.0, 10.0]]])
+    assert tf_bilinear_resize(row, 1, 4).flatten().tolist() == [0.0, 5.0, 10.0, 10.0]
+    half_pixel = torch.nn.functional.interpolate(row[None], size=(1, 4), mode="bilinear", align_corners=False)
+    assert half_pixel.flatten().tolist() == [0.0, 2.5, 7.5, 10.0]
+    ramp = torch.tensor([[[0.0, 10.0, 20.0, 30.0]]])
+    assert tf_bilinear_resize(ramp, 1, 2).flatten().tolist() == [0.0, 20.0]  # inputs 0 and 2, no antialias
+
+
+def test_vtab1k_default_resize_is_vpts_tf_bilinear(tmp_path: Path) -> None:
+    base = _vtab(tmp_path)
+    data = load_task(_spec("vtab1k", "eurosat", task="eurosat", image_size=16), tmp_path)
+    assert data.meta["preprocess"] == {"image_size": 16, "resize": "square", "interpolation": "tf_bilinear"}
+    image, _ = data.split("test")[3]
+    with Image.open(base / "images/test/000003.jpg") as im:
+        rgb = np.asarray(im.convert("RGB"))
+    expected = np.round(_legacy_tf_bilinear(rgb.astype(np.float64), 16, 16))
+    diff = np.abs(image.permute(1, 2, 0).numpy().astype(np.int64) - expected)
+    assert image.dtype == torch.uint8 and diff.max() <= 1 and (diff == 0).mean() > 0.99
+
+
 def test_fgvc_layout_remaps_class_ids(tmp_path: Path) -> None:
     base = tmp_path / "CUB_200_2011"
     ids = [3, 17, 200]
@@ -256,6 +304,14 @@ def test_fgvc_layout_remaps_class_ids(tmp_path: Path) -> None:
     assert [len(data.split(s)) for s in ("train", "val", "test")] == [9, 3, 6]
     assert data.split("test").labels.tolist() == [0, 1, 2, 0, 1, 2]
     assert data.meta["preprocess"] == {"image_size": 16, "resize": "resize_crop", "interpolation": "bilinear"}
+    # VPT's eval transform, torchvision on PIL: Resize(int(16 * 256 / 224)) then CenterCrop(16)
+    import torchvision.transforms as tv
+
+    with Image.open(base / "images" / data.split("test").relpaths[0].removeprefix("images/")) as im:
+        ref = tv.Compose([tv.Resize(18), tv.CenterCrop(16), tv.PILToTensor()])(im.convert("RGB"))
+    assert torch.equal(data.split("test")[0][0], ref)
+    tf = load_task(_spec("fgvc", "cub", dataset="CUB", image_size=16, interpolation="tf_bilinear"), tmp_path)
+    assert tf.split("test")[0][0].shape == (3, 16, 16)
 
 
 def _imagefolder(root: Path) -> Path:

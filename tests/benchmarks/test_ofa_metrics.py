@@ -22,8 +22,10 @@ from petlbench.benchmarks.metrics.ofa import (
     vqa_official_accuracy,
     vqa_official_overall,
     vqa_process_punctuation,
+    vqa_results,
     vqa_soft_accuracy,
     vqa_soft_score,
+    write_vqa_results,
 )
 from petlbench.errors import UserError
 
@@ -228,3 +230,46 @@ def test_bleu_and_cider_match_pycocoevalcap():
     gts, res = dict(enumerate(refs)), {i: [p] for i, p in enumerate(preds)}
     assert bleu(preds, refs, tokenize=False) == pytest.approx(Bleu(4).compute_score(gts, res, verbose=0)[0])
     assert cider_d(preds, refs, tokenize=False) == pytest.approx(Cider().compute_score(gts, res)[0])
+
+
+# ----- VQA submission file -----------------------------------------------------------------------
+
+
+def test_vqa_results_are_the_official_submission_format(tmp_path):
+    import hashlib
+    import json
+
+    # OFA writes {"question_id": int(id), "answer": hyp} (utils/eval_utils.py L110, L168); ids read
+    # from a tsv are strings, answers are stripped as OFA's beam path does
+    rows = vqa_results(["79459", 12, "  7 "], [" no", "2 ", "red"])
+    assert rows == [
+        {"question_id": 79459, "answer": "no"},
+        {"question_id": 12, "answer": "2"},
+        {"question_id": 7, "answer": "red"},
+    ]
+    out = write_vqa_results(tmp_path / "sub" / "r.json", ["3", "1"], ["yes", "cat"])
+    data = (tmp_path / "sub" / "r.json").read_bytes()
+    loaded = json.loads(data)
+    assert isinstance(loaded, list) and loaded == [
+        {"question_id": 3, "answer": "yes"},
+        {"question_id": 1, "answer": "cat"},
+    ]
+    assert all(type(r["question_id"]) is int and isinstance(r["answer"], str) for r in loaded)
+    assert out["questions"] == 2 and out["sha256"] == hashlib.sha256(data).hexdigest()
+    assert not list((tmp_path / "sub").glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("ids", "answers", "message"),
+    [
+        (["1", "1"], ["a", "b"], "twice"),
+        (["q1"], ["a"], "not an integer"),
+        ([1.5], ["a"], "not an integer"),
+        ([True], ["a"], "not an integer"),
+        ([1, 2], ["a"], "question ids for"),
+        ([1], [None], "not a string"),
+    ],
+)
+def test_vqa_results_refuse_what_the_evaluator_would(ids, answers, message):
+    with pytest.raises(ValueError, match=message):
+        vqa_results(ids, answers)

@@ -45,10 +45,13 @@ def test_bench_run_prefix_on_ofa_smoke_trains_all_four_tasks(tmp_path):
         metric = suite.task(name).metric
         assert rec.result["metric"] == metric and 0.0 <= rec.metrics[metric] <= 100.0
         assert f"selection_{metric}" in rec.metrics
-        # 100 prefixes per layer, 2 + 2 layers of width 64, keys and values: 2 * (2 * 2 * 64 * 100)
+        # 64 prefixes per layer (the OFA default), 2 + 2 layers of width 64, keys and values:
+        # 2 * (2 * 2 * 64 * 64)
         params = rec.result["parameters"]
-        assert params["method"] == 51_200 and params["head"] == 0
-        assert rec.result["method"]["lengths"] == {"encoder": 100, "decoder": 100}
+        assert params["method"] == 32_768 and params["head"] == 0
+        assert rec.result["method"]["lengths"] == {"encoder": 64, "decoder": 64}
+        assert rec.spec.method_config["length"] == 64  # recorded in the spec
+        assert rec.result["eval"]["split"] == "val" and rec.result["eval"]["scored"]
         assert rec.spec.method_config["tower"] == "both"  # the encoder-decoder default, recorded
         assert rec.result["cost"]["per_example"] > 0
         assert rec.provenance["data"]["loader"] == "ofa_smoke"
@@ -57,7 +60,8 @@ def test_bench_run_prefix_on_ofa_smoke_trains_all_four_tasks(tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
-    from petlbench.harness.runner import Runner, plan_runs
+    from petlbench.harness.plan import plan_runs
+    from petlbench.harness.runner import Runner
 
     suite = load_suite("ofa-smoke")
     (spec,), _ = plan_runs("prefix", suite, tasks=["vqa"], protocol_overrides={"epochs": 3})
@@ -134,7 +138,7 @@ def test_ofa_tsv_loader_reads_released_format_files(tmp_path):
 
 def test_fgsm_on_embeddings_at_eps_zero_equals_clean(tmp_path):
     from petlbench.benchmarks.datasets import load_task
-    from petlbench.harness.runner import plan_runs
+    from petlbench.harness.plan import plan_runs
     from petlbench.harness.seq2seq import ExampleSet, GenerativeTask, build_generator
     from petlbench.harness.seq2seq_robustness import embedding_gradient_signs, fgsm_embeddings
 
@@ -161,3 +165,118 @@ def test_fgsm_on_embeddings_at_eps_zero_equals_clean(tmp_path):
             ref = model(batch.src, batch.pixels, batch.prev)
             mem = model.encode(batch.src, batch.pixels, text_offset=0 * s_text, image_offset=0 * s_image)
             assert torch.equal(model.logits(batch.prev, mem), ref)
+
+
+def _smoke_model(name):
+    from petlbench.benchmarks.datasets import load_task
+    from petlbench.harness.plan import plan_runs
+    from petlbench.harness.seq2seq import ExampleSet, GenerativeTask, build_generator
+
+    suite = load_suite("ofa-smoke")
+    task_spec = suite.task(name)
+    data = load_task(task_spec, None)
+    (spec,), _ = plan_runs("prefix", suite, tasks=[name])
+    model, tok = build_generator(spec, data, torch.device("cpu"))
+    task = GenerativeTask(data, tok, task_spec.metric)
+    return model, task, ExampleSet(data.split("val"), data.task, tok, data.options, 64, train=False)
+
+
+def test_fgsm_on_ofa_uses_embedding_units_and_ignores_pixel_epsilons():
+    from petlbench.errors import UserError
+    from petlbench.harness.robustness import DEFAULT_EPSILONS
+    from petlbench.harness.seq2seq_robustness import (
+        DEFAULT_RMS_FRACTIONS,
+        check_fgsm_options,
+        fgsm_from_options,
+        token_embedding_rms,
+    )
+
+    model, task, examples = _smoke_model("snli_ve")
+    weight = model.backbone.embed_tokens.weight.detach().double()
+    rows = [i for i in range(weight.shape[0]) if i != model.vocab.pad]
+    rms = float(weight[rows].pow(2).mean().sqrt())
+    assert token_embedding_rms(model) == pytest.approx(rms)
+    assert DEFAULT_RMS_FRACTIONS == (0.0174, 0.0349, 0.0697, 0.1394)  # k/255 / 0.225, k = 1, 2, 4, 8
+
+    # what `bench run` passes today: pixel fractions, no unit -> not applied, the embedding default grid
+    pixel = {"epsilons": list(DEFAULT_EPSILONS), "max_examples": 4}
+    out = fgsm_from_options(model, task, examples, pixel, batch_size=4)
+    assert out["unit"] == "embedding" and out["examples"] == 4
+    assert out["eps"] == pytest.approx([f * rms for f in DEFAULT_RMS_FRACTIONS])
+    assert out["eps_relative"] == pytest.approx(list(DEFAULT_RMS_FRACTIONS))
+    assert out["grid"]["source"] == "default"
+    ignored = out["grid"]["ignored"]
+    assert ignored["unit"] == "pixel" and ignored["eps"] == list(DEFAULT_EPSILONS)
+    assert out["reference_rms"]["token_embedding_table"] == pytest.approx(rms)
+    assert out["reference_rms"]["image_embeddings"] > 0
+    assert out["max_perturbation"] == pytest.approx(out["eps"], rel=1e-5)
+    assert len(out["accuracy"]) == len(out["drop"]) == 4
+
+    # values explicitly in embedding units are used as they are
+    given = {"epsilons": [0.0, 0.25], "unit": "embedding", "max_examples": 4}
+    out = fgsm_from_options(model, task, examples, given, batch_size=4)
+    assert out["eps"] == [0.0, 0.25] and out["grid"]["source"] == "user" and "ignored" not in out["grid"]
+    assert out["accuracy"][0] == out["clean"]
+
+    with pytest.raises(UserError, match="unit"):
+        check_fgsm_options({"epsilons": [0.1], "unit": "pixels"})
+    with pytest.raises(UserError, match="epsilons"):
+        check_fgsm_options({"epsilons": [-1.0], "unit": "embedding"})
+
+
+def test_vqa_test_split_without_answers_writes_the_submission_file(tmp_path):
+    from petlbench.benchmarks.datasets.ofa_tsv import read_ofa_tsv, write_ofa_tsv
+    from petlbench.benchmarks.ofa_tasks.smoke import FILES, write_ofa_tiny
+    from petlbench.harness.plan import plan_runs
+    from petlbench.harness.runner import Runner
+
+    root = tmp_path / "data"
+    write_ofa_tiny(root)
+    test_rows = read_ofa_tsv(root / FILES["vqa"]["val"], "vqa")
+    for i, row in enumerate(test_rows):
+        row.uid, row.answers = str(9000 + i), {}  # a test split: question ids, no answers
+    write_ofa_tsv(root / "vqa" / "vqa_test.tsv", "vqa", test_rows)
+    suite_file = tmp_path / "vqa.yaml"
+    files = {**FILES["vqa"], "test": "vqa/vqa_test.tsv"}
+    suite_file.write_text(
+        json.dumps(
+            {
+                "version": "t",
+                "backbones": ["ofa-test"],
+                "seeds": [0],
+                "protocol": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 0.01},
+                "tasks": [
+                    {
+                        "name": "vqa",
+                        "loader": "ofa_tsv",
+                        "args": {
+                            "task": "vqa",
+                            "files": files,
+                            "tokenizer": "bpe",
+                            "split_names": {"test": "test2015"},
+                        },
+                        "metric": "vqa_soft_accuracy",
+                    }
+                ],
+            }
+        )
+    )
+    suite = load_suite(suite_file)
+    measure = {"fgsm": {"epsilons": [0.01], "unit": "embedding", "max_examples": 2}}
+    (spec,), _ = plan_runs("prefix", suite, measure=measure)
+    store_path = tmp_path / "s.sqlite"
+    with Store(store_path) as store:
+        runner = Runner(store, suite, data_root=root, checkpoint_dir=tmp_path / "checkpoints", device="cpu")
+        rec = runner.run(spec)
+    assert "vqa_soft_accuracy" not in rec.metrics and "selection_vqa_soft_accuracy" in rec.metrics
+    ev = rec.result["eval"]
+    assert (ev["split"], ev["protocol_split"], ev["scored"]) == ("test2015", "test", False)
+    assert "fgsm" in rec.result["robustness"] and "skipped" in rec.result["robustness"]["fgsm"]
+    sub = ev["submission"]
+    path = tmp_path / "artifacts" / f"{spec.run_id}.vqa-test2015-results.json"
+    assert sub["path"] == str(path) and sub["questions"] == len(test_rows) and sub["split"] == "test2015"
+    assert (tmp_path / "artifacts" / f"{spec.run_id}.safetensors").is_file()  # next to the saved model
+    results = json.loads(path.read_text())
+    assert [r["question_id"] for r in results] == [9000 + i for i in range(len(test_rows))]
+    candidates = {a for row in read_ofa_tsv(root / FILES["vqa"]["train"], "vqa") for a in row.answers}
+    assert all(set(r) == {"question_id", "answer"} and r["answer"] in candidates for r in results)

@@ -42,6 +42,9 @@ PROTOCOL = {
     "train_split": "train",
     "warmup_epochs": 1.0,
     "weight_decay": 0.0001,
+    "schedule": "linear_warmup_cosine_step",
+    "warmup_lr": 1e-05,
+    "augmentation": "none",
 }
 CONFIG = {
     "deep": False,
@@ -216,7 +219,7 @@ def test_selection_picks_the_best_selection_score_not_the_best_test_score():
 def test_rows_link_to_runs_and_the_reproduce_command_recreates_the_same_run_ids(doc):
     from petlbench.benchmarks.suites import load_suite
     from petlbench.harness.cli import _assignments, _epsilons, _seeds, build_parser
-    from petlbench.harness.runner import plan_runs
+    from petlbench.harness.plan import plan_runs
     from petlbench.methods.registry import get_method
 
     config = get_method("vpt")({"num_tokens": 3}).config_dict()
@@ -279,7 +282,7 @@ def test_build_is_deterministic_and_independent_of_record_order(tmp_path):
     for name in OUTPUTS:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     text = (tmp_path / "a" / "leaderboard.json").read_text()
-    assert json.loads(text)["schema_version"] == "1.0" and text.endswith("}\n")
+    assert json.loads(text)["schema_version"] == "1.1" and text.endswith("}\n")
     assert b"<svg" in (tmp_path / "a" / "pareto.svg").read_bytes()
     assert '<figure id="pareto"><svg' in (tmp_path / "a" / "index.html").read_text()  # inlined
     assert (tmp_path / "a" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -477,3 +480,38 @@ def test_rows_and_entries_say_how_many_search_trials_were_spent():
     assert _entry(doc)["search_trials"] == 3 + 1
     text = build_leaderboard([make_record("colors", 1, 50.0)], [])
     assert text["entries"][0]["search_trials"] == 0
+
+
+def test_selection_uses_only_search_trial_scores_never_a_final_runs_poisoned_val_score():
+    """VTAB: the final runs train on train800val200, so their val200 score says nothing; the cell is
+    chosen by its search trials' val200 score (trained on train800), carried with the row."""
+    trainval = {"train_split": "trainval"}
+
+    def cell(lr, trial_score, final_selection, test):
+        records = [
+            make_record("colors", s, test, selection=final_selection, protocol={**trainval, "lr": lr})
+            for s in (1, 2)
+        ]
+        for r in records:
+            r["result"]["search"] = {
+                "grid": {"lr": [lr]},
+                "trials": 1,
+                "search_seed": 1,
+                "chosen": {"lr": lr},
+                "selection_score": trial_score,
+                "trial_run_ids": ["t" * 16],
+            }
+        return records
+
+    # The worse cell's final runs claim a perfect val200 score: poison that must be ignored.
+    records = cell(0.1, 80.0, 10.0, 60.0) + cell(0.5, 40.0, 100.0, 90.0)
+    doc = build_leaderboard(records, [])
+    validate(doc)
+    (chosen,) = [r for r in doc["rows"] if r["selected"]]
+    assert chosen["spec"]["protocol"]["lr"] == 0.1 and chosen["selection_source"] == "search trials"
+    assert _entry(doc)["average"]["mean"] == 60.0
+    # Without a search, a final run that trained on the selection split has no selection score.
+    (row,) = build_leaderboard([make_record("colors", 1, 50.0, selection=99.0, protocol=trainval)], [])[
+        "rows"
+    ]
+    assert row["selection_mean"] is None and row["selection_source"].startswith("none")

@@ -15,7 +15,13 @@ from petlbench.benchmarks.data import TensorImageDataset
 from petlbench.errors import UserError
 from petlbench.harness.trainer import TrainConfig, Trainer
 from petlbench.methods import get_method
-from petlbench.methods.adapt import Adapt, AdaptConfig, plot_context_lengths
+from petlbench.methods.adapt import (
+    Adapt,
+    AdaptConfig,
+    context_length_series,
+    draw_context_lengths,
+    plot_context_lengths,
+)
 
 SMALL = {"image_layers": 2, "text_layers": 2, "image_tokens": 4, "text_tokens": 4}  # 16 tokens in all
 
@@ -35,22 +41,28 @@ def _ctx(step, epoch):
 def test_registered_and_declared():
     cls = get_method("adapt")
     assert cls is Adapt and cls.family == "prompt" and cls.towers == ("image", "text")
-    assert Adapt.suggested_protocol == {
+    # paper Sec. 4.1, Implementation Details (shared/papers/adapt.md L149-155)
+    assert Adapt.reference_protocol == {
         "optimizer": "sgd",
         "lr": 2.5e-3,
         "batch_size": 4,
         "epochs": 100,
+        "eval_epoch": 100,
         "shots": 16,
+        "runs": 3,
     }
+    assert "Section 4.1" in Adapt.reference_protocol_source
+    assert Adapt.suggested_protocol is Adapt.reference_protocol  # the older name is an alias
     c = AdaptConfig()
     assert (c.image_layers, c.text_layers, c.image_tokens, c.text_tokens) == (12, 12, 16, 16)
     assert (c.accumulation_steps, c.prune_rate, c.warmup_epochs, c.target_tokens, c.score) == (
         80,
         4,
         5,
-        128,
+        None,  # the target is a fraction of the attached tokens unless set
         "snip",
     )
+    assert c.target_fraction == 128 / 384 == 1 / 3  # the headline T_target = 128 of 12+12 x 16
 
 
 def test_all_masks_zero_equals_backbone_without_prompts():
@@ -116,6 +128,8 @@ def test_parameter_counts_on_clip_b16_unpruned_and_pruned(clip_b16):
         method = Adapt()
         method.attach(clip_b16)
         assert method.num_trainable_parameters() == 12 * 16 * 768 + 12 * 16 * 512 == 245_760
+        # the default fraction gives the paper's T_target = 128 on its own backbone
+        assert method.initial_tokens() == 384 and method.target_tokens() == 128
         assert method.context_lengths() == {"image": [16] * 12, "text": [16] * 12}
         image = torch.full((12, 16), 2.0)
         image[0] = 0.5
@@ -324,6 +338,118 @@ def test_plot_context_lengths_writes_a_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2_000
     with pytest.raises(UserError, match="masks"):
         plot_context_lengths({}, tmp_path / "x.png")
+
+
+# ----- the target as a fraction; pruning where it runs (micro-clip) -----------------------------
+
+
+def test_effective_target_is_a_fraction_of_the_attached_tokens():
+    _, method = _tiny_clip()  # 2 + 2 layers x 16 = 64 tokens
+    assert method.initial_tokens() == 64 and method.target_tokens() == 21  # 64 / 3 = 21.33
+    _, method = _tiny_clip(**SMALL, target_fraction=0.28125)  # 16 x 0.28125 = 4.5: rounded half up
+    assert method.initial_tokens() == 16 and method.target_tokens() == 5
+    _, method = _tiny_clip(**SMALL, target_fraction=0.5, target_tokens=3)  # an absolute target wins
+    assert method.target_tokens() == 3
+    assert method.describe()["target_source"] == "target_tokens"
+    _, method = _tiny_clip(text_layers=1)  # clamped layers count as attached: (2 + 1) x 16 = 48
+    assert method.initial_tokens() == 48 and method.target_tokens() == 16
+    scores = {b: torch.rand(method.mask(b).shape) for b in method.branches}
+    assert len(method.prune_lowest(scores, 1_000)) == 48 - 16 and method.active_total() == 16
+    backbone = build_backbone("micro-clip")
+    micro = Adapt()
+    micro.attach(backbone)
+    assert micro.context_lengths() == {"image": [16] * 4, "text": [16] * 3}
+    assert micro.initial_tokens() == 112 and micro.target_tokens() == 37  # 112 / 3 = 37.33
+    assert micro.pruning_steps_needed() == 19  # ceil(75 / 4): the last prune removes 3
+    with pytest.raises(UserError, match="target_fraction"):
+        Adapt({"target_fraction": 1.5})
+    assert Adapt({"target_tokens": "none"}).config.target_tokens is None
+
+
+def _micro_model(seed=0, **cfg):
+    backbone = build_backbone("micro-clip")
+    torch.manual_seed(seed)
+    method = Adapt(AdaptConfig(**cfg))
+    method.attach(backbone)
+    head = TextClassifierHead(backbone, ["red", "green", "blue"], ["a photo of a {} thing."])
+    return ImageClassifier(backbone, head, method), method
+
+
+FAST = {"accumulation_steps": 2, "warmup_epochs": 1}  # default fraction, prune rate and layers
+
+
+@pytest.fixture(scope="module")
+def micro_pruned():
+    """micro-clip, default fraction: 12 images, batch 4 = 3 steps an epoch; the first prune is at step 4
+    (epoch 1), then every 2 steps: 19 prunes end at step 40, inside the 14 epochs (42 steps)."""
+    model, method = _micro_model(**FAST)
+    _trainer(model, method, epochs=14).fit(_data())
+    return method
+
+
+def test_micro_clip_default_fraction_prunes_exactly_to_the_target(micro_pruned):
+    method = micro_pruned
+    facts = method.describe()
+    json.dumps(facts)
+    assert method.active_total() == 37 == facts["target_tokens"] == facts["active_total"]
+    assert facts["initial_tokens"] == 112 and facts["reached_target"] is True and "warning" not in facts
+    assert facts["pruning_steps"] == 19 == facts["pruning_steps_needed"]
+    steps = [h[0] for h in facts["pruned"]]
+    assert steps == [s for s in range(4, 41, 2) for _ in range(4)][:75]  # 18 prunes of 4, then 3
+    assert facts["steps_needed"] == 40 == steps[-1] and facts["steps_run"] == 42
+    assert facts["depths"] == {"image": 4, "text": 3}
+    lengths = facts["context_lengths"]
+    assert [len(lengths["image"]), len(lengths["text"])] == [4, 3] and sum(map(sum, lengths.values())) == 37
+    assert method.num_trainable_parameters() == 37 * 128
+
+
+def test_too_few_steps_after_warmup_is_reported():
+    model, method = _micro_model(**FAST)
+    _trainer(model, method, epochs=6).fit(_data())  # 18 steps: prunes at 4, 6, ..., 18
+    facts = method.describe()
+    assert facts["reached_target"] is False and facts["pruning_steps"] == 8
+    assert facts["active_total"] == 112 - 8 * 4 == 80
+    assert facts["warning"].startswith(
+        "pruning stopped at 80 tokens, above the target 37: the run had too few steps after warmup "
+        "(15 steps, 37 needed"
+    )
+    assert "train at least 14 epochs" in facts["warning"]
+
+    model, method = _micro_model()  # the paper's n_k = 80 and 5 warmup epochs: 2 epochs prune nothing
+    _trainer(model, method, epochs=2).fit(_data())
+    facts = method.describe()
+    assert facts["reached_target"] is False and facts["pruning_steps"] == 0 and facts["active_total"] == 112
+    # first prune at step 80 (the first multiple of 80 after the 15 warmup steps), the 19th at 80 + 18 x 80
+    assert facts["steps_needed"] == 1520
+    assert "(0 steps, 1505 needed" in facts["warning"]
+    _, fresh = _tiny_clip()
+    assert (
+        fresh.describe()["warning"]
+        == "pruning stopped at 64 tokens, above the target 21: no training step ran"
+    )
+
+
+def test_plot_shows_the_per_layer_lengths_of_both_branches(micro_pruned, tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    facts = micro_pruned.describe()
+    fig, drawn = draw_context_lengths(facts)
+    try:
+        masks = {b: micro_pruned.mask(b) for b in micro_pruned.branches}
+        want = {b: m.sum(dim=1).tolist() for b, m in masks.items()}
+        assert drawn == want == context_length_series(facts) == facts["context_lengths"]
+        assert [len(v) for v in drawn.values()] == [4, 3]  # the backbone's real depths, not 12
+        bars = fig.axes[0]
+        labels = [t.get_text() for t in bars.get_legend().get_texts()]
+        assert len(labels) == 2 and labels[0].startswith("image") and labels[1].startswith("text")
+        assert [len(c.patches) for c in bars.containers] == [4, 3]
+        title = fig._suptitle.get_text()
+        assert "target 37 (reached)" in title and "19 pruning steps" in title
+    finally:
+        plt.close(fig)
+    out = plot_context_lengths(facts, tmp_path / "fig.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bad_options_are_user_errors():

@@ -30,13 +30,26 @@ def _logits(model, seed: int = 0):
         return model(*_batch(seed))
 
 
-@pytest.mark.parametrize(("size", "expected"), [("base", 1_843_200), ("large", 4_915_200)])
-def test_prefix_parameters_of_ofa_base_and_large(size, expected):
+@pytest.mark.parametrize(
+    ("size", "options", "expected"),
+    [
+        # the OFA default, 64/64 (the paper's recommendation): layers * 2 * d * 64 per tower, two towers
+        ("base", {}, 2 * 6 * 2 * 768 * 64),
+        ("large", {}, 2 * 12 * 2 * 1024 * 64),
+        # OFA's code default 100/100, given explicitly (train_refcoco_prefix.sh L20-21)
+        ("base", {"length": 100}, 1_843_200),
+        ("large", {"length": 100}, 4_915_200),
+    ],
+)
+def test_prefix_parameters_of_ofa_base_and_large(size, options, expected):
     backbone = build_ofa_backbone(f"ofa-{size}", pretrained=False, device="meta")
     cls = get_method("prefix")
-    m = cls({**cls.kind_defaults("ofa"), "length": 100})
+    m = cls({**cls.kind_defaults("ofa"), **options})
     m.attach(backbone)
     assert m.num_trainable_parameters() == expected == m.describe()["prefix_parameters"]
+    if not options:
+        assert expected == {"base": 1_179_648, "large": 3_145_728}[size]  # reference data-and-ofa.md A2
+        assert m.describe()["lengths"] == {"encoder": 64, "decoder": 64}
 
 
 def test_prefix_per_tower_and_lengths():

@@ -47,12 +47,22 @@ def test_plain_counts_on_vit_b16(vit_b16):
     try:
         assert _attach(vit_b16, length=10).num_trainable_parameters() == 184_320 == 10 * 12 * 2 * 768
         _clear(vit_b16)
-        # OFA's default length 100: length * layers * 2 * d (the same number as OFA-Base 100/100)
+        # the default length 100 off OFA: length * layers * 2 * d (the same number as OFA-Base 100/100)
         m = _attach(vit_b16)
         assert m.num_trainable_parameters() == 1_843_200 == m.inference_parameters()
         assert all(isinstance(s.kv_heads, PrefixKV) for s in vit_b16.tower("image").slots)
     finally:
         _clear(vit_b16)
+
+
+def test_the_ofa_default_length_is_the_papers_64_and_others_keep_100():
+    assert PrefixTuning.kind_defaults("ofa") == {"tower": "both", "length": 64}
+    for kind in ("clip", "vit", "swin"):
+        assert "length" not in PrefixTuning.kind_defaults(kind)
+    assert PrefixConfig().length == 100
+    # the harness puts the user's options over the kind defaults: an explicit length wins
+    given = {**PrefixTuning.kind_defaults("ofa"), "length": 100}
+    assert PrefixTuning(given).config.length == 100
 
 
 def test_reparameterized_count_states_what_is_counted_and_folds_to_plain(vit_b16):

@@ -271,7 +271,8 @@ def test_e2vpt_searches_lr_and_wd_unpruned_then_the_pruning_rates(tmp_path):
 
 
 def test_bench_plan_json_prints_every_run_without_training(capsys, tmp_path):
-    args = ["plan", "--method", "adapt", "--suite", "fewshot11", "--tasks", "dtd,eurosat", "--json", "--no-fgsm"]
+    args = ["plan", "--method", "adapt", "--suite", "fewshot11", "--tasks", "dtd,eurosat"]
+    args += ["--json", "--no-fgsm"]
     code = main(args)
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

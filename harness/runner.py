@@ -32,6 +32,7 @@ from petlbench.errors import UserError
 from petlbench.methods.base import Method, StageContext
 from petlbench.methods.registry import get_method
 
+from .checkpoint import CheckpointError, load_state, save_state
 from .data import materialize, to_pixels
 from .flops import image_gmacs, text_gmacs_per_prompt
 from .memory import PeakMemory
@@ -63,6 +64,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def _read_stage(path: Path, device: torch.device) -> dict[str, Any] | None:
+    """A finished stage's saved state, or None (and the file dropped) when it cannot be read."""
+    try:
+        return load_state(path, device)
+    except CheckpointError as err:
+        import warnings
+
+        warnings.warn(f"{err}; discarded, re-running that stage", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
 
 
 def runtime_deviations(described: dict[str, Any]) -> list[dict[str, str]]:
@@ -475,9 +488,9 @@ class Runner:
         batches = batches or image_batches
 
         for index, stage in enumerate(method.stages()):
-            done = run_dir / f"stage{index}-{stage.name}.done.pt" if run_dir is not None else None
-            if done is not None and done.exists():
-                state = torch.load(done, map_location=self.device, weights_only=False)
+            done = run_dir / f"stage{index}-{stage.name}.done.safetensors" if run_dir is not None else None
+            state = _read_stage(done, self.device) if done is not None and done.exists() else None
+            if state is not None:
                 method.load_method_state(state["method"])
                 model.head.load_state_dict(state["head"])
                 stage_results[stage.name] = state["result"]
@@ -508,7 +521,7 @@ class Runner:
                         augmentation=protocol.augmentation,
                     ),
                     device=self.device,
-                    checkpoint_path=run_dir / f"stage{index}-{stage.name}.pt"
+                    checkpoint_path=run_dir / f"stage{index}-{stage.name}.safetensors"
                     if run_dir is not None
                     else None,
                     callbacks=method.callbacks(),
@@ -532,18 +545,15 @@ class Runner:
             stage_results[stage.name] = stage_result
             history.extend(stage_history)
             if done is not None:
-                done.parent.mkdir(parents=True, exist_ok=True)
-                tmp = done.with_suffix(".tmp")
-                torch.save(
+                save_state(
+                    done,
                     {
                         "method": method.method_state(),
                         "head": model.head.state_dict(),
                         "result": stage_result,
                         "history": stage_history,
                     },
-                    tmp,
                 )
-                tmp.replace(done)
         train_info["images_per_second"] = (
             train_info["images"] / train_info["train_time_s"] if train_info["train_time_s"] > 0 else None
         )

@@ -10,8 +10,8 @@ uninterrupted run.
 from __future__ import annotations
 
 import math
-import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from petlbench.backbones.classifier import ImageClassifier
 from petlbench.benchmarks.data import TensorImageDataset
 from petlbench.methods.base import Callback, Method
 
+from .checkpoint import CheckpointError, load_state, save_state
 from .data import to_pixels
 
 
@@ -178,15 +179,18 @@ class Trainer:
             "train_time_s": result.train_time_s,
             "train_images": result.train_images,
         }
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)  # atomic: a kill leaves the old or the new file, never half
+        save_state(self.checkpoint_path, state)  # atomic: a kill leaves the old or the new file, never half
 
     def _load(self, ctx: TrainContext, sched: Any, result: TrainResult) -> int:
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             return 0
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        try:
+            state = load_state(self.checkpoint_path, self.device)
+        except CheckpointError as err:
+            # Never unpickled, never trusted: a truncated or foreign file means starting this stage over.
+            warnings.warn(f"{err}; discarded, training this stage from its start", stacklevel=2)
+            self.checkpoint_path.unlink(missing_ok=True)
+            return 0
         self.method.load_method_state(state["method"])
         self.model.head.load_state_dict(state["head"])
         ctx.optimizer.load_state_dict(state["optimizer"])

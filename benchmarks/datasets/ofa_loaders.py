@@ -189,11 +189,36 @@ def _candidates(
         raise UserError(
             f"VQA candidate answers {path} not found (OFA's trainval_ans2label.pkl from vqa_data.zip)"
         )
-    with path.open("rb") as f:
-        table = pickle.load(f)  # noqa: S301 - OFA ships the answer list as a pickled dict
-    if not isinstance(table, dict):
-        raise UserError(f"{path}: expected a pickled dict answer -> label id")
+    table = read_answer_table(path)
     return [a for a, _ in sorted(table.items(), key=lambda kv: kv[1])]
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Reads pickles of plain data only (dicts, lists, strings, numbers): every global - the way a
+    pickle runs code - is refused, so a planted file cannot execute anything."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: only plain data is read")
+
+
+def read_answer_table(path: Path) -> dict[str, int]:
+    """OFA's VQA answer -> label id table: ``.json`` ({answer: id} or a list of answers in id order),
+    or OFA's ``trainval_ans2label.pkl`` read as plain data only (no code can run from it)."""
+    try:
+        if path.suffix == ".json":
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            with path.open("rb") as f:
+                raw = _PlainDataUnpickler(f).load()
+    except (OSError, ValueError, pickle.UnpicklingError, EOFError) as err:
+        raise UserError(f"{path}: not a readable answer table ({err})") from None
+    if isinstance(raw, list):
+        raw = {a: i for i, a in enumerate(raw)}
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) for k, v in raw.items()
+    ):
+        raise UserError(f"{path}: expected a dict answer -> label id (or a list of answers)")
+    return raw
 
 
 @register_loader("ofa_tsv", needs_data_root=True, check_args=check_tsv_args, generative=True)

@@ -44,7 +44,7 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(checkpoints.glob("*/stage0-train.pt")):
+            if any(checkpoints.glob("*/stage0-train.safetensors")):
                 break
             time.sleep(0.02)
         assert proc.poll() is None, "the run finished before it could be killed; make it longer"

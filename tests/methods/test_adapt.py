@@ -264,7 +264,9 @@ def test_resumed_run_prunes_identically(tmp_path):
     model2, method2 = _clip_model(**cfg)
     with pytest.raises(RuntimeError, match="killed"):
         _trainer(model2, method2, epochs=6, path=path, progress=crash).fit(data)
-    saved = torch.load(path, weights_only=False)
+    from petlbench.harness.checkpoint import load_state
+
+    saved = load_state(path)
     assert saved["epoch"] == 1 and saved["callbacks"][0]["accumulated"] == 2  # steps 5 and 6
     assert saved["method"]["mask_image"].dtype == torch.bool
 

@@ -451,3 +451,9 @@ def test_a_run_stores_its_deviations_and_the_leaderboard_shows_them(tmp_path, ca
     (row,) = doc["rows"]
     assert [d["id"] for d in row["deviations"]] == ["user-epochs"]
     assert [d["id"] for d in doc["entries"][0]["deviations"]] == ["user-epochs"]
+
+
+def test_a_sweep_of_no_method_is_refused(capsys):
+    assert main(["sweep", "--methods", ",", "--suite", "smoke", "--store", "/tmp/petl-none.sqlite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: --methods names no method"

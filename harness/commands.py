@@ -411,6 +411,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if suite.needs_data_root and args.data_root is None:
         raise UserError(f"suite {suite.name!r} reads datasets from disk: pass --data-root FOLDER")
     methods = _csv(args.methods) or []
+    if not methods:
+        raise UserError("--methods names no method")
     grid = parse_grid(args.grid)
     store = Store(args.store)
     runner = Runner(

@@ -25,8 +25,7 @@ KIND_TOWERS = {"clip": ("image", "text"), "ofa": ("encoder", "decoder")}  # othe
 
 def towers_of(entry: BackboneEntry) -> tuple[str, ...]:
     """The towers a backbone entry declares (or those of its kind)."""
-    declared = getattr(entry, "towers", None)
-    return tuple(declared) if declared else KIND_TOWERS.get(entry.kind, ("image",))
+    return tuple(entry.towers) if entry.towers else KIND_TOWERS.get(entry.kind, ("image",))
 
 
 def plan_runs(
@@ -172,17 +171,14 @@ def describe_plan(spec: RunSpec, suite: Suite) -> dict[str, Any]:
     value came from, the checkpoint and normalisation, the suite's search space, the deviations."""
     entry = backbone_entries()[spec.backbone]
     protocol = {k: v for k, v in spec.protocol.items() if k != "backbone_pretrained"}
-    pretrained_tag = (
-        getattr(entry, "pretrained", None) if spec.protocol.get("backbone_pretrained", True) else None
-    )
-    normalization = entry.normalization() if hasattr(entry, "normalization") else None
+    pretrained_tag = entry.pretrained if spec.protocol.get("backbone_pretrained", True) else None
     line: dict[str, Any] = {
         "run_id": spec.run_id,
         "method": spec.method,
         "method_config": spec.method_config,
         "backbone": spec.backbone,
         "pretrained": pretrained_tag,
-        "normalization": normalization,
+        "normalization": entry.normalization(),
         "suite": spec.suite,
         "suite_version": spec.suite_version,
         "task": spec.task,

@@ -163,8 +163,10 @@ def run_sweep(
                 continue
             for point in grid_points(method_phases[phase_index]):
                 full = {**cell.best, **point}
-                spec = _cell_spec(suite, cell, full, space, base_config, base_protocol, pretrained, extra)
-                phase_specs.append((cell, full, dataclasses.replace(spec, stage="search", seed=search_seed)))
+                (spec,) = _cell_specs(
+                    suite, cell, full, space, base_config, base_protocol, pretrained, extra, [search_seed]
+                )
+                phase_specs.append((cell, full, dataclasses.replace(spec, stage="search")))
         done = executor.run([s for _, _, s in phase_specs], lambda d: on_event and on_event("search", d))
         search_done += done
         by_id = {d.spec.run_id: d for d in done}
@@ -201,7 +203,6 @@ def run_sweep(
             if key[0] != method or cell.best_score is None:
                 continue  # every trial of the cell failed: reported in SweepResult.failed
             chosen[key] = dict(cell.best)
-            proto, _ = split_point(cell.best)
             info = {
                 "grid": phases[method][0] if len(phases[method]) == 1 else None,
                 "phases": phases[method],
@@ -209,7 +210,7 @@ def run_sweep(
                 "trials": len(cell.trials),
                 "search_seed": search_seed,
                 "chosen": dict(cell.best),
-                "chosen_protocol": space.scaled(proto, int(proto.get("batch_size", cell.batch_size))),
+                "chosen_protocol": _search_layer(cell, cell.best, space)[0],
                 "selection_score": cell.best_score,
                 "trial_run_ids": [s.run_id for _, s in cell.trials],
             }
@@ -253,9 +254,7 @@ def _cell_specs(
 ) -> list[RunSpec]:
     """The specs of one cell at a grid point: protocol values as the search layer (lr scaled by the
     space's rule), method options over the user's."""
-    proto, opts = split_point(point)
-    batch = int(proto.get("batch_size", cell.batch_size))
-    scaled = space.scaled(proto, batch) if space is not None else proto
+    scaled, opts = _search_layer(cell, point, space)
     specs, _ = plan_runs(
         cell.method,
         suite,
@@ -272,14 +271,11 @@ def _cell_specs(
     return specs
 
 
-def _cell_spec(
-    suite: Suite,
-    cell: Cell,
-    point: dict[str, Any],
-    space: SearchSpace | None,
-    base_config: dict[str, Any],
-    base_protocol: dict[str, Any],
-    pretrained: bool,
-    extra: Sequence[dict[str, str]],
-) -> RunSpec:
-    return _cell_specs(suite, cell, point, space, base_config, base_protocol, pretrained, extra, [0])[0]
+def _search_layer(
+    cell: Cell, point: dict[str, Any], space: SearchSpace | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A grid point split into the protocol values the run uses (lr scaled by the space's rule at the
+    cell's batch size) and method options."""
+    proto, opts = split_point(point)
+    batch = int(proto.get("batch_size", cell.batch_size))
+    return (space.scaled(proto, batch) if space is not None else proto), opts

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
         r.add_argument(
+            "--jobs",
+            default="auto",
+            help="runs at a time, each in a worker process with one thread (default auto: one per "
+            "CPU core on CPU, 1 on CUDA; 1 runs in this process)",
+        )
+        r.add_argument(
             "--json", action="store_true", help="print the results as JSON lines instead of a table"
         )
         r.add_argument("--no-fgsm", action="store_true", help="skip the FGSM robustness measurement")
@@ -186,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", dest="method_options", action="append", metavar="KEY=VALUE")
     sw.add_argument("--protocol", dest="protocol_options", action="append", metavar="KEY=VALUE")
     sw.add_argument("--executor", choices=("local", "ray"), default="local")
+    sw.add_argument(
+        "--jobs",
+        default="1",
+        help="local executor: runs at a time, each in a worker process with one thread (auto: one per core)",
+    )
     sw.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one)")
     sw.add_argument("--cpus-per-run", type=float, default=1.0)
     sw.add_argument("--gpus-per-run", type=float, default=None, help="default: 1 on CUDA, else 0")
@@ -236,7 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RECORDS,
         help=f"records folder, one <suite>.jsonl per suite (default {DEFAULT_RECORDS})",
     )
-    ex.add_argument("--replace", action="store_true", help="drop the records already in --out")
+    ex.add_argument(
+        "--replace",
+        action="store_true",
+        help="make --out the store's runs: same run ids take the store's version, others are dropped "
+        "(default: add new run ids, keep every record already there byte for byte)",
+    )
     ex.add_argument("--include-failed", action="store_true", help="also export failed/unfinished runs")
 
     lb = sub.add_parser("leaderboard", help="build or check the leaderboard from exported records")

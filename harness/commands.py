@@ -89,13 +89,38 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs(value: str, device: Any, runs: int) -> int:
+    """``--jobs``: ``auto`` is one worker per core on CPU (at most one per run), one on CUDA."""
+    import os
+
+    if value == "auto":
+        return 1 if device.type != "cpu" else max(1, min(os.cpu_count() or 1, runs))
+    try:
+        jobs = int(value)
+    except ValueError:
+        raise UserError(f"--jobs takes a positive integer or auto, not {value!r}") from None
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    return jobs
+
+
+def _executor(runner: Any, jobs: int, on_step: Any = None) -> Any:
+    from .executors import LocalExecutor, PoolExecutor
+
+    return LocalExecutor(runner, on_step=on_step) if jobs == 1 else PoolExecutor(runner, jobs)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import Runner
+    from rich.progress import TimeRemainingColumn
+
+    from .runner import Runner, resolve_device
     from .store import Store
 
     suite, specs = _planned(args)
     if suite.needs_data_root and args.data_root is None:
         raise UserError(f"suite {suite.name!r} reads datasets from disk: pass --data-root FOLDER")
+    device = resolve_device(args.device)  # a bad --device is refused before the store is created
+    jobs = _jobs(args.jobs, device, len(specs))
     store = Store(args.store)
     runner = Runner(
         store,
@@ -104,35 +129,64 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         checkpoint_dir=args.store.parent / "checkpoints",
     )
-    outcomes = []
+    runner.on_wait = lambda spec: console.print(
+        f"run {spec.run_id[:12]} ({spec.backbone} / {spec.task} / seed {spec.seed}) is being run by "
+        "another process: waiting for it instead of training it twice"
+    )
+    terminal = console.is_terminal
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
         console=console,
         transient=False,
+        disable=not terminal,  # off a terminal: one line per finished run (below)
     ) as progress:
-        overall = progress.add_task(f"{args.method} on {suite.name}", total=len(specs), info="")
-        for spec in specs:
-            label = f"  {spec.backbone} / {spec.task} / seed {spec.seed}"
-            bar = progress.add_task(label, total=None, info="")
+        overall = progress.add_task(
+            f"{args.method} on {suite.name}" + (f" ({jobs} jobs)" if jobs > 1 else ""),
+            total=len(specs),
+            info="",
+        )
+        bars: dict[str, Any] = {}
+        finished: list[Any] = []
 
-            def on_step(step: int, total: int, loss: float, bar: Any = bar) -> None:
-                progress.update(bar, completed=step, total=total, info=f"loss {loss:.3f}")
+        def label(spec: Any) -> str:
+            return f"  {spec.backbone} / {spec.task} / seed {spec.seed}"
 
-            outcome = runner.run(spec, on_step=on_step)
-            metric = outcome.result.get("metric", "accuracy")
-            info = (
-                "cached" if outcome.skipped else f"{metric} {outcome.metrics.get(metric, float('nan')):.2f}"
-            )
-            progress.update(bar, total=1, completed=1, info=info)
+        def on_step(spec: Any, step: int, total: int, loss: float) -> None:
+            if spec.run_id not in bars:
+                bars[spec.run_id] = progress.add_task(label(spec), total=total, info="")
+            progress.update(bars[spec.run_id], completed=step, total=total, info=f"loss {loss:.3f}")
+
+        def on_done(done: Any) -> None:
+            metric = done.result.get("metric", "accuracy")
+            value = f"{metric} {done.metrics.get(metric, float('nan')):.2f}"
+            info = f"failed: {done.error}" if done.error else ("cached" if done.skipped else value)
+            if done.waited:
+                info = f"{value} (run by another process)"
+            if done.spec.run_id not in bars:
+                bars[done.spec.run_id] = progress.add_task(label(done.spec), total=1, info="")
+            progress.update(bars[done.spec.run_id], total=1, completed=1, info=info)
             progress.advance(overall)
-            outcomes.append(outcome)
+            finished.append(done)
+            if not terminal:
+                where = f"{label(done.spec).strip()} [{done.spec.run_id[:12]}]"
+                console.print(
+                    f"[{len(finished)}/{len(specs)}] {where}: {info}",
+                    highlight=False,
+                    soft_wrap=True,
+                    markup=False,
+                )
+
+        outcomes = _executor(runner, jobs, on_step).run(specs, on_done)
     store.close()
+    ok = [o for o in outcomes if o.error is None]
     if args.json:
-        for o in outcomes:
+        for o in ok:
             line = {
                 "run_id": o.spec.run_id,
                 "spec": o.spec.to_dict(),
@@ -140,9 +194,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "skipped": o.skipped,
             }
             print(json.dumps(line, sort_keys=True), flush=True)
-    else:
-        _print_results(outcomes, args.store)
-    return 0
+    elif ok:
+        _print_results(ok, args.store)
+    failed = [o for o in outcomes if o.error is not None]
+    for o in failed:
+        console.print(
+            f"failed: {o.spec.backbone} {o.spec.task} seed {o.spec.seed} [{o.spec.run_id[:12]}]: {o.error}",
+            style="red",
+            highlight=False,
+            markup=False,
+        )
+    return 1 if failed else 0
 
 
 def _print_results(outcomes: list[Any], store: Path) -> None:
@@ -251,7 +313,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "run_id": rec.run_id,
-                "status": rec.status,
+                "status": rec.state,
+                "owner": rec.owner,
+                "heartbeat_at": rec.heartbeat_at,
                 "spec": rec.spec.to_dict(),
                 "metrics": rec.metrics,
                 "result": rec.result,
@@ -296,6 +360,12 @@ def cmd_robust(args: argparse.Namespace) -> int:
     ):
         table.add_row(f"{eps:.5f}", f"{eps * 255:.1f}", f"{acc:.2f}", f"{drop:.2f}", f"{norm:.5f}")
     out.print(table)
+    grid = (store.get(record.run_id).result.get("robustness") or {}).get("fgsm") or {}
+    kept = [e for e in grid.get("eps", []) if e not in measured["eps"]]
+    console.print(
+        f"stored FGSM grid of {record.run_id[:12]}: {len(grid.get('eps', []))} epsilons "
+        f"({len(measured['eps'])} measured now, {len(kept)} kept from before)"
+    )
     store.close()
     return 0
 
@@ -310,7 +380,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         value = (rec.metrics or {}).get(metric)
         table.add_row(
             rec.run_id[:12],
-            rec.status,
+            rec.state,
             rec.method,
             rec.backbone,
             rec.suite,
@@ -324,9 +394,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_perf(args: argparse.Namespace) -> int:
     from .perf import measure_perf
-    from .runner import _resolve_device
+    from .runner import resolve_device
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     with console.status(f"timing {args.method} on {args.backbone} ({device})"):
         perf = measure_perf(
             args.method,
@@ -374,6 +444,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         console=console,
+        disable=not console.is_terminal,
     ) as progress:
         bar = progress.add_task(f"pretraining {args.model}", total=None, info="")
 
@@ -400,8 +471,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from petlbench.benchmarks.suites import load_suite
 
-    from .executors import LocalExecutor, RayExecutor, RunDone
-    from .runner import Runner
+    from .executors import RayExecutor, RunDone
+    from .runner import Runner, resolve_device
     from .store import Store
     from .sweep import parse_grid, run_sweep
 
@@ -414,6 +485,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not methods:
         raise UserError("--methods names no method")
     grid = parse_grid(args.grid)
+    resolve_device(args.device)  # a bad --device is refused before the store is created
     store = Store(args.store)
     runner = Runner(
         store,
@@ -431,7 +503,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             max_retries=args.max_retries,
         )
     else:
-        executor = LocalExecutor(runner)
+        executor = _executor(runner, _jobs(args.jobs, runner.device, 1 << 30))
     rows: list[tuple[str, RunDone]] = []
 
     def table() -> Table:
@@ -459,15 +531,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.no_fgsm
         else {"fgsm": {"epsilons": _epsilons(args.fgsm_eps), "max_examples": args.fgsm_examples}}
     )
-    with Live(table(), console=console, refresh_per_second=4, transient=args.json) as live:
+    # The live table only on a terminal, started with the first finished run (so an error before
+    # any run is one line); elsewhere one line per finished run.
+    live: Live | None = None
 
-        def on_event(phase: str, done: RunDone) -> None:
-            rows.append((phase, done))
+    def on_event(phase: str, done: RunDone) -> None:
+        nonlocal live
+        rows.append((phase, done))
+        if console.is_terminal:
+            if live is None:
+                live = Live(table(), console=console, refresh_per_second=4, transient=args.json)
+                live.start()
             live.update(table())
-            if args.json and phase == "final":
-                line = {"run_id": done.spec.run_id, "metrics": done.metrics, "skipped": done.skipped}
-                print(json.dumps(line | {"error": done.error}, sort_keys=True), flush=True)
+        elif not args.json:
+            console.print(_sweep_line(phase, done), highlight=False, soft_wrap=True, markup=False)
+        if args.json and phase == "final":
+            line = {"run_id": done.spec.run_id, "metrics": done.metrics, "skipped": done.skipped}
+            print(json.dumps(line | {"error": done.error}, sort_keys=True), flush=True)
 
+    try:
         result = run_sweep(
             store,
             suite,
@@ -485,6 +567,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             measure=measure,
             on_event=on_event,
         )
+    finally:
+        if live is not None:
+            live.stop()
     store.close()
     if result.chosen and not args.json:
         t = Table(title="chosen on the selection split")
@@ -500,13 +585,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _sweep_line(phase: str, done: Any) -> str:
+    """One finished sweep run as one line (the sweep's output off a terminal)."""
+    spec = done.spec
+    where = f"{phase} {spec.method} {spec.backbone} {spec.task} seed {spec.seed} [{spec.run_id[:12]}]"
+    if done.error:
+        return f"{where}: failed: {done.error}"
+    values = " ".join(f"{k} {v:.2f}" for k, v in sorted(done.metrics.items()) if isinstance(v, float))
+    return f"{where}: {'cached ' if done.skipped else ''}{values}".rstrip()
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    """Export the store's runs into the records folder. Without --replace a record already there (same
+    run id) is kept byte for byte, even when the store's version differs; --replace makes the folder
+    exactly the store's export (same run ids take the store's version, the others are dropped). Files
+    whose bytes would not change are not written; a run that cannot be a record is refused by id."""
     from petlbench.leaderboard.records import export_store
 
-    count, files = export_store(
-        args.store, args.out, include_failed=args.include_failed, replace=args.replace
+    done = export_store(args.store, args.out, include_failed=args.include_failed, replace=args.replace)
+    kept = f"kept {done.kept} already in {args.out}"
+    if done.kept_differing:
+        kept += f" ({done.kept_differing} of them differ from the store; --replace to overwrite them)"
+    dropped = f", dropped {done.dropped} not in the store" if args.replace else ""
+    wrote = ", ".join(map(str, done.files)) or "nothing (no file changed)"
+    removed = f"; removed {', '.join(map(str, done.removed))}" if done.removed else ""
+    print(
+        f"exported from {args.store}: added {done.added}, {kept}, replaced {done.replaced}{dropped}; "
+        f"wrote {wrote}{removed}"
     )
-    print(f"exported {count} runs from {args.store}; wrote {', '.join(map(str, files)) or 'nothing'}")
     return 0
 
 
@@ -552,7 +658,7 @@ def cmd_data(args: argparse.Namespace) -> int:
             table.add_column(col, overflow="fold")
         missing = downloadable = 0
         for task in tasks:
-            check = dc.check_task(task, args.data_root, None, decode=False)
+            check = dc.check_task(task, args.data_root, None, decode=False, leakage=False)
             if check.skipped:
                 table.add_row(task.name, task.loader, "[dim]generated[/]", "-")
                 continue
@@ -574,7 +680,7 @@ def cmd_data(args: argparse.Namespace) -> int:
                         )
                 except UserError as err:
                     notes.append(f"[red]{err}[/]")
-                check = dc.check_task(task, args.data_root, None, decode=False)
+                check = dc.check_task(task, args.data_root, None, decode=False, leakage=False)
                 if check.ok:
                     table.add_row(task.name, task.loader, "[green]downloaded[/]", "; ".join(notes))
                     continue
@@ -625,12 +731,24 @@ def cmd_data(args: argparse.Namespace) -> int:
                 "present": c.present,
                 "missing": [p for p, _ in c.missing],
                 "corrupt": [{"path": p, "reason": r} for p, r in c.corrupt],
+                "duplicates": [d.to_dict() for d in c.duplicates],  # paths relative to root
+                "overlaps": [o.to_dict() for o in c.overlaps],
                 "error": c.error,
             }
             print(json.dumps(row))
         return 1 if bad else 0
     table = Table(title=f"suite {suite.name} v{suite.version} under {args.data_root}")
-    for col in ("task", "loader", "images", "present", "missing", "corrupt", "status"):
+    for col in (
+        "task",
+        "loader",
+        "images",
+        "present",
+        "missing",
+        "corrupt",
+        "duplicated",
+        "overlaps",
+        "status",
+    ):
         table.add_column(col)
     colour = {"ok": "green", "skipped": "dim", "problems": "red", "error": "red"}
     for c in checks:
@@ -641,6 +759,8 @@ def cmd_data(args: argparse.Namespace) -> int:
             str(c.present),
             str(len(c.missing)),
             str(len(c.corrupt)),
+            str(len(c.duplicates)),
+            str(sum(len(o.pairs) for o in c.overlaps)),
             f"[{colour[c.status]}]{c.status}[/]",
         )
     out.print(table)
@@ -653,6 +773,8 @@ def cmd_data(args: argparse.Namespace) -> int:
             )
         for path, reason in c.corrupt[:10]:
             out.print(f"[red]{c.task}[/]: corrupt {path}: {reason}", highlight=False, soft_wrap=True)
+        for line in c.leakage_lines():
+            out.print(f"[red]{c.task}[/]: {line}", highlight=False, soft_wrap=True)
         extra = max(0, len(c.missing) - 10) + max(0, len(c.corrupt) - 10)
         if extra:
             out.print(

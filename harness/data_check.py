@@ -2,14 +2,15 @@
 
 ``check_suite`` lists every task through its loader's lister (layout and split files; labels known;
 no empty class), then checks every listed image: present, decodes with PIL (a truncated JPEG fails
-here), and, with a manifest, has the sha256 it had when the manifest was written. The manifest
+here), and, with a manifest, has the sha256 it had when the manifest was written; and the splits for
+leakage (``leakage.find_leakage``): an image listed twice in a split, or in two splits that must not
+share images (test with any other; train with val), by path or by content hash. The manifest
 (``<data root>/petlbench-manifest.json``) maps paths relative to the data root to hashes and sizes;
 a first check writes it, later checks compare against it and add files it does not know.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from petlbench.benchmarks.datasets import loader_entry
 from petlbench.benchmarks.datasets._files import TaskListing, check_labels, get_lister
 from petlbench.benchmarks.suites import Suite, TaskSpec
 from petlbench.errors import UserError
+
+from .leakage import Duplicate, Leakage, Overlap, file_sha256, find_leakage
 
 MANIFEST_NAME = "petlbench-manifest.json"
 MANIFEST_FORMAT = "petlbench.manifest/1"
@@ -36,12 +39,23 @@ class TaskCheck:
     present: int = 0
     missing: list[tuple[str, str]] = field(default_factory=list)  # (path, split file naming it)
     corrupt: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    duplicates: list[Duplicate] = field(default_factory=list)  # an image listed twice in a split
+    overlaps: list[Overlap] = field(default_factory=list)  # images in two splits that must not share
     error: str | None = None  # a layout / split-file problem: the task cannot be listed
     skipped: str | None = None  # generated data: nothing on disk to check
 
     @property
     def ok(self) -> bool:
-        return self.skipped is not None or (self.error is None and not self.missing and not self.corrupt)
+        return self.skipped is not None or (
+            self.error is None and not self.missing and not self.corrupt and not self.leaks
+        )
+
+    @property
+    def leaks(self) -> bool:
+        return bool(self.duplicates or self.overlaps)
+
+    def leakage_lines(self) -> list[str]:
+        return Leakage(self.duplicates, self.overlaps).lines()
 
     @property
     def status(self) -> str:
@@ -50,14 +64,6 @@ class TaskCheck:
         if self.error is not None:
             return "error"
         return "ok" if self.ok else "problems"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _decodes(path: Path) -> str | None:
@@ -114,7 +120,10 @@ def check_task(
     manifest: dict[str, dict[str, Any]] | None,
     decode: bool = True,
     on_file: Callable[[], None] | None = None,
+    leakage: bool = True,
 ) -> TaskCheck:
+    """Check one task's files; ``leakage=False`` leaves out duplicates and overlaps between splits
+    (``bench data prepare`` only asks whether the data is there)."""
     result = TaskCheck(task.name, task.loader)
     try:
         listing = list_task(task, data_root)
@@ -149,7 +158,7 @@ def check_task(
                     key = str(path.resolve().relative_to(data_root))
                 except ValueError:
                     key = str(path.resolve())
-                digest = _sha256(path)
+                digest = file_sha256(path)
                 known = manifest.get(key)
                 if known is None:
                     manifest[key] = {"sha256": digest, "size": path.stat().st_size}
@@ -158,6 +167,9 @@ def check_task(
             if reason is not None:
                 result.corrupt.append((str(path), reason))
     result.files = len(seen)
+    if leakage:
+        found = find_leakage(listing)
+        result.duplicates, result.overlaps = found.duplicates, found.overlaps
     return result
 
 

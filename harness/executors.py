@@ -1,14 +1,18 @@
-"""Where runs execute: in this process (``local``) or as Ray tasks (``ray``).
+"""Where runs execute: in this process (``local``), in N worker processes of this machine
+(``local`` with ``--jobs N``), or as Ray tasks (``ray``).
 
-Either way only the driver writes the store: a Ray worker trains and evaluates one spec
-(``Runner.compute``) and returns the numbers; the driver records them as each task finishes. A
-worker that dies is retried by Ray (``max_retries``) and resumes from the run's last epoch
-checkpoint, which lives in a folder every worker of a local cluster can read.
+Whatever the executor, only the driver writes the store: it claims a spec, a worker trains and
+evaluates it (``Runner.compute``) and returns the numbers, and the driver records them as each run
+finishes. A worker process computes with one intra-op thread (N torch processes with a thread per
+core each would oversubscribe the cores many times over). A Ray worker that dies is retried by Ray
+(``max_retries``); every run resumes from its last epoch checkpoint, in a folder the workers share.
 """
 
 from __future__ import annotations
 
 import abc
+import concurrent.futures
+import multiprocessing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +32,7 @@ class RunDone:
     result: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
     error: str | None = None
+    waited: bool = False  # another process ran it while this one waited
 
 
 OnDone = Callable[[RunDone], Any]
@@ -42,13 +47,25 @@ class Executor(abc.ABC):
         """Run every spec not yet finished in the store; failures are returned, not raised."""
 
 
+OnStep = Callable[[RunSpec, int, int, float], Any]
+
+
 class LocalExecutor(Executor):
+    """One run after another in this process (``on_step`` sees every optimisation step)."""
+
+    def __init__(self, runner: Runner, on_step: OnStep | None = None) -> None:
+        super().__init__(runner)
+        self.on_step = on_step
+
     def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunDone]:
         out = []
         for spec in specs:
+            step = (lambda i, n, loss, s=spec: self.on_step(s, i, n, loss)) if self.on_step else None
             try:
-                outcome = self.runner.run(spec)
-                done = RunDone(spec, outcome.metrics, outcome.result, skipped=outcome.skipped)
+                outcome = self.runner.run(spec, on_step=step)
+                done = RunDone(
+                    spec, outcome.metrics, outcome.result, skipped=outcome.skipped, waited=outcome.waited
+                )
             except UserError:
                 raise
             except Exception as exc:  # noqa: BLE001 - recorded in the store by the runner
@@ -56,6 +73,107 @@ class LocalExecutor(Executor):
             out.append(done)
             if on_done is not None:
                 on_done(done)
+        return out
+
+
+_WORKER_RUNNERS: dict[tuple[str, str | None, str, str | None], Runner] = {}
+
+
+def _compute_in_worker(
+    suite: Suite, spec: RunSpec, data_root: str | None, device: str, checkpoint_dir: str | None
+) -> ComputedRun:
+    """One run in a pool worker process; the worker keeps its Runner (and so the decoded task data)
+    for the next spec of the same suite."""
+    import torch
+
+    torch.set_num_threads(1)
+    key = (suite.sha256, data_root, device, checkpoint_dir)
+    runner = _WORKER_RUNNERS.get(key)
+    if runner is None:
+        runner = _WORKER_RUNNERS[key] = Runner(
+            None,
+            suite,
+            data_root=Path(data_root) if data_root else None,
+            device=device,
+            checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+        )
+    return runner.compute(spec)
+
+
+class PoolExecutor(Executor):
+    """``jobs`` runs at a time, each in a worker process of this machine with one thread. Workers are
+    spawned (a forked torch process can deadlock in its thread pool), live for the whole call and
+    keep their decoded data between runs. The driver claims a spec only when a worker is free to
+    take it, so a spec waiting in the queue is still free for another process. Results equal a
+    one-thread run in this process (a test checks ``--jobs 2`` against ``--jobs 1``)."""
+
+    def __init__(self, runner: Runner, jobs: int) -> None:
+        super().__init__(runner)
+        if jobs < 1:
+            raise UserError(f"--jobs must be at least 1, got {jobs}")
+        self.jobs = jobs
+
+    def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunDone]:
+        runner = self.runner
+        assert runner.store is not None
+        out: list[RunDone] = []
+        busy: list[RunSpec] = []
+
+        def report(done: RunDone) -> None:
+            out.append(done)
+            if on_done is not None:
+                on_done(done)
+
+        queue = list(specs)
+        device = str(runner.device)
+        args = (
+            str(runner.data_root) if runner.data_root else None,
+            device,
+            str(runner.checkpoint_dir) if runner.checkpoint_dir else None,
+        )
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=self.jobs, mp_context=context) as pool:
+            pending: dict[concurrent.futures.Future[ComputedRun], RunSpec] = {}
+            try:
+                while queue or pending:
+                    while queue and len(pending) < self.jobs:
+                        spec = queue.pop(0)
+                        record = runner.store.get(spec.run_id)
+                        if record is not None and record.status == "finished":
+                            runner.drop_checkpoints(spec.run_id)
+                            report(RunDone(spec, record.metrics, record.result, skipped=True))
+                            continue
+                        if runner.store.claim(spec, runner.provenance(spec)) != "claimed":
+                            busy.append(spec)  # another live process runs it: waited for below
+                            continue
+                        pending[pool.submit(_compute_in_worker, runner.suite, spec, *args)] = spec
+                    if not pending:
+                        continue
+                    finished, _ = concurrent.futures.wait(
+                        pending, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                    for future in finished:
+                        spec = pending.pop(future)
+                        try:
+                            computed = future.result()
+                        except UserError as err:
+                            runner.store.mark_failed(spec.run_id, f"UserError: {err}")
+                            raise
+                        except Exception as exc:  # noqa: BLE001 - recorded, the other runs go on
+                            message = f"{exc.__class__.__name__}: {exc}"
+                            runner.store.mark_failed(spec.run_id, message)
+                            report(RunDone(spec, error=message))
+                        else:
+                            runner.finish(computed)
+                            report(RunDone(spec, computed.metrics, computed.result))
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        if busy:
+            for done in LocalExecutor(runner).run(busy):
+                report(done)
         return out
 
 
@@ -113,6 +231,7 @@ class RayExecutor(Executor):
         ray, runner = self.ray, self.runner
         out: list[RunDone] = []
         pending: dict[Any, RunSpec] = {}
+        busy: list[RunSpec] = []
         suite_ref = ray.put(runner.suite)
         device = "cuda" if runner.device.type == "cuda" else str(runner.device)
         for spec in specs:
@@ -123,7 +242,9 @@ class RayExecutor(Executor):
                 if on_done is not None:
                     on_done(done)
                 continue
-            runner.store.mark_running(spec, runner.provenance(spec))
+            if runner.store.claim(spec, runner.provenance(spec)) != "claimed":
+                busy.append(spec)  # finished meanwhile, or another live process runs it: waited for
+                continue  # below (Runner.run), never trained twice
             ref = self._remote.options(**self.options).remote(
                 suite_ref,
                 spec,
@@ -148,4 +269,6 @@ class RayExecutor(Executor):
             out.append(done)
             if on_done is not None:
                 on_done(done)
+        if busy:
+            out += LocalExecutor(runner).run(busy, on_done)
         return out

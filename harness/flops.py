@@ -51,7 +51,9 @@ class _Call(nn.Module):
 
 def count_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[int, dict[str, int]]:
     """Total MACs and MACs per operator of ``module(*inputs)`` (traced once, in eval mode, no grad)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore's import scripts a helper: torch's deprecation notice,
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)  # not ours
+        from fvcore.nn import FlopCountAnalysis
 
     was_training = module.training
     module.eval()

@@ -18,7 +18,10 @@ from petlbench.benchmarks.suites import Suite, TaskSpec
 from petlbench.errors import UserError
 from petlbench.methods.registry import get_method
 
+from .robustness import check_fgsm_options
 from .spec import RunSpec
+
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch and Python take it whole, the store's INTEGER holds it
 
 KIND_TOWERS = {"clip": ("image", "text"), "ofa": ("encoder", "decoder")}  # other kinds: ("image",)
 
@@ -26,6 +29,13 @@ KIND_TOWERS = {"clip": ("image", "text"), "ofa": ("encoder", "decoder")}  # othe
 def towers_of(entry: BackboneEntry) -> tuple[str, ...]:
     """The towers a backbone entry declares (or those of its kind)."""
     return tuple(entry.towers) if entry.towers else KIND_TOWERS.get(entry.kind, ("image",))
+
+
+def check_seed(seed: object, what: str = "seed") -> int:
+    """A seed is an integer in [0, 2**32 - 1] (numpy's range), else one line naming ``what``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{what} must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return seed
 
 
 def plan_runs(
@@ -51,6 +61,9 @@ def plan_runs(
     """
     method_cls = get_method(method)
     method_cls(method_config or {})  # a bad option fails before anything is planned
+    for seed in seeds or suite.seeds:
+        check_seed(seed)
+    check_fgsm_options((measure or {}).get("fgsm"))
     entries = backbone_entries()
     explicit = backbones is not None
     names = list(backbones) if explicit else list(suite.backbones)

@@ -87,6 +87,29 @@ def _optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     )
 
 
+def check_pretrain_args(
+    name: str, out_dir: Path, *, steps: int, batch_size: int, lr: float, seed: int
+) -> None:
+    """Refuse what could only fail later (or train nothing): one line each, before any step."""
+    from .plan import check_seed
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserError(f"bench pretrain: --steps must be a positive integer, got {steps!r}")
+    least = 2 if name == "micro-clip" else 1  # the contrastive loss needs a negative in the batch
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < least:
+        raise UserError(f"bench pretrain: --batch-size must be at least {least} for {name}, got {batch_size}")
+    if not math.isfinite(lr) or lr <= 0:
+        raise UserError(f"bench pretrain: --lr must be a positive number, got {lr}")
+    check_seed(seed, "bench pretrain: --seed")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"bench pretrain: --out {out_dir} is a file; give a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"bench pretrain: cannot create --out {out_dir}: {err.strerror or err}") from None
+
+
 def pretrain(
     name: str,
     out_dir: Path,
@@ -99,7 +122,8 @@ def pretrain(
 ) -> dict[str, Any]:
     if name not in MODELS:
         raise UserError(f"bench pretrain: unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    steps = steps or DEFAULT_STEPS[name]
+    steps = DEFAULT_STEPS[name] if steps is None else steps
+    check_pretrain_args(name, out_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     torch.manual_seed(seed)
     if name == "micro-clip":
         raw: nn.Module = micro.micro_clip_model(seed)

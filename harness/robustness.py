@@ -13,7 +13,8 @@ checks it against ART run per epsilon) for one backward pass instead of one per 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,38 @@ import torch
 from torch import nn
 
 from petlbench.benchmarks.data import TensorImageDataset
+from petlbench.errors import UserError
 
 DEFAULT_EPSILONS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+PIXEL_UNIT = "pixel"  # epsilons are pixel fractions in [0, 1] (this module)
+EMBEDDING_UNIT = "embedding"  # epsilons are per-coordinate embedding budgets (harness/seq2seq_robustness.py)
+UNITS = (PIXEL_UNIT, EMBEDDING_UNIT)
+
+
+def check_fgsm_options(options: Mapping[str, Any] | None) -> None:
+    """Refuse a bad FGSM measure option when a run is planned, not after it trained: an unknown
+    ``unit``, an epsilon that is not a finite number >= 0 (or above 1 in pixel units, the whole pixel
+    range), a ``max_examples`` that is not a positive integer."""
+    if not options:
+        return
+    unit = options.get("unit", PIXEL_UNIT)
+    if unit not in UNITS:
+        raise UserError(f"fgsm: unit must be one of {', '.join(UNITS)}, not {unit!r}")
+    eps = options.get("epsilons")
+    if eps is not None:
+        if isinstance(eps, str | bytes) or not isinstance(eps, Sequence) or not eps:
+            raise UserError(f"fgsm: epsilons must be a non-empty list of numbers, got {eps!r}")
+        for e in eps:
+            if isinstance(e, bool) or not isinstance(e, int | float) or not math.isfinite(e) or e < 0:
+                raise UserError(f"fgsm: epsilons must be finite numbers >= 0, got {e!r}")
+            if unit == PIXEL_UNIT and e > 1:
+                raise UserError(
+                    f"fgsm: epsilon {e:g} is above 1, the whole pixel range (pixel epsilons are "
+                    "fractions such as 8/255)"
+                )
+    examples = options.get("max_examples")
+    if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
+        raise UserError(f"fgsm: max_examples (--fgsm-examples) must be a positive integer, got {examples!r}")
 
 
 class _FloatLogits(nn.Module):
@@ -57,6 +88,7 @@ def fgsm(
     y = data.labels[:n].numpy()
     was_training = model.training
     model.eval()
+
     def estimator(clip_values: tuple[float, float] | None) -> PyTorchClassifier:
         return PyTorchClassifier(
             model=_FloatLogits(model),
@@ -101,3 +133,37 @@ def fgsm(
         "drop": [clean - r for r in robust],
         "max_perturbation": norms,
     }
+
+
+def merge_fgsm(stored: dict[str, Any] | None, measured: dict[str, Any]) -> dict[str, Any]:
+    """A re-measurement added to a run's stored FGSM results, keyed by epsilon: epsilons measured
+    again take the new values, the others are kept (``bench robust`` never drops a grid point). The
+    two must be the same measurement (unit, example count), else they cannot share one grid."""
+    if not stored or not stored.get("eps"):
+        return measured
+    for key in ("unit", "examples"):
+        if stored.get(key, PIXEL_UNIT if key == "unit" else None) != measured.get(
+            key, PIXEL_UNIT if key == "unit" else None
+        ):
+            raise UserError(
+                f"the stored FGSM results were measured with {key} {stored.get(key)!r}, this one with "
+                f"{measured.get(key)!r}: they cannot share one grid (give --fgsm-examples "
+                f"{stored.get('examples')} to add to it)"
+            )
+    per_eps = [k for k, v in measured.items() if isinstance(v, list) and len(v) == len(measured["eps"])]
+    points: dict[float, dict[str, Any]] = {}
+    for source in (stored, measured):
+        keys = [
+            k for k in per_eps if isinstance(source.get(k), list) and len(source[k]) == len(source["eps"])
+        ]
+        for i, eps in enumerate(source["eps"]):
+            points[float(eps)] = {k: source[k][i] for k in keys}
+    grid = sorted(points)
+    merged = {**stored, **measured, "eps": grid}
+    for key in per_eps:
+        if key != "eps":
+            merged[key] = [points[e].get(key) for e in grid]
+    if isinstance(merged.get("clean"), float) and "drop" in per_eps:  # against the newest clean score
+        merged["drop"] = [None if a is None else merged["clean"] - a for a in merged["accuracy"]]
+    merged["remeasured_eps"] = [float(e) for e in measured["eps"]]
+    return merged

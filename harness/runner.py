@@ -30,14 +30,15 @@ from petlbench.benchmarks.metrics import get_metric
 from petlbench.benchmarks.suites import Protocol, Suite, TaskSpec
 from petlbench.errors import UserError
 from petlbench.methods.base import Method, StageContext
-from petlbench.methods.registry import get_method
 
+from .building import attach_method, out_of_memory_as_user_error, refuse_nothing_to_train
 from .checkpoint import CheckpointError, load_state, save_state
 from .data import materialize, to_pixels
 from .flops import image_gmacs, text_gmacs_per_prompt
+from .leakage import refuse_leakage
 from .memory import PeakMemory
 from .provenance import collect_provenance
-from .robustness import DEFAULT_EPSILONS, fgsm
+from .robustness import DEFAULT_EPSILONS, check_fgsm_options, fgsm, merge_fgsm
 from .spec import RunSpec
 from .store import Store
 from .trainer import TrainConfig, Trainer, TrainResult, image_features, predict
@@ -49,6 +50,7 @@ class RunOutcome:
     skipped: bool
     metrics: dict[str, Any]
     result: dict[str, Any]
+    waited: bool = False  # another process ran it while this one waited
 
 
 @dataclass
@@ -78,13 +80,17 @@ def _read_stage(path: Path, device: torch.device) -> dict[str, Any] | None:
         return None
 
 
-def runtime_deviations(described: dict[str, Any]) -> list[dict[str, str]]:
+def runtime_deviations(result: dict[str, Any]) -> list[dict[str, str]]:
     """Deviations only the finished run knows: a method that could not do what its reference does
-    on this run (Adapt's pruning stopping above its target)."""
+    on this run (Adapt's pruning stopping above its target), caption metrics computed by the
+    pure-Python fallback instead of coco-caption (no Java)."""
+    described = result.get("method") or {}
+    out = []
     if described.get("reached_target") is False:
         what = described.get("warning") or "pruning stopped above its target"
-        return [{"id": "pruning-target-not-reached", "what": str(what)}]
-    return []
+        out.append({"id": "pruning-target-not-reached", "what": str(what)})
+    out += list(((result.get("eval") or {}).get("caption_metrics") or {}).get("deviations") or [])
+    return out
 
 
 def make_head(method: Method, backbone: Backbone, data: TaskData, task: TaskSpec) -> torch.nn.Module:
@@ -158,12 +164,29 @@ def protocol_of(spec: RunSpec) -> Protocol:
     return Protocol(**{k: v for k, v in spec.protocol.items() if k != "backbone_pretrained"})
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; anything else,
+    or a device this machine does not have, is one line before anything is built."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {device!r} is not a device here; use auto, cpu, cuda, cuda:N or mps")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"--device {device} was asked for but no CUDA device is available; use --device cpu"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) (cuda:0...)"
+            )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps was asked for but MPS is not available; use --device cpu")
+    return resolved
 
 
 class Runner:
@@ -180,9 +203,11 @@ class Runner:
         self.store = store
         self.suite = suite
         self.data_root = data_root
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.checkpoint_dir = checkpoint_dir
         self.progress = progress
+        self.on_wait: Callable[[RunSpec], None] | None = None  # told once when a spec is busy elsewhere
+        self.poll_s = 2.0
         self._task_cache: dict[str, TaskData] = {}
 
     def _task_data(self, task: TaskSpec, decode_size: int | None = None) -> TaskData:
@@ -204,13 +229,25 @@ class Runner:
 
     def run(self, spec: RunSpec, on_step: Callable[[int, int, float], None] | None = None) -> RunOutcome:
         """Run one spec unless the store already holds it finished; the store sees running ->
-        finished (or failed)."""
+        finished (or failed). A spec another live process is running is waited for, not trained
+        twice (``RunOutcome.skipped``, with ``waited``); a dead process's claim is taken over and the
+        run resumes from its checkpoint."""
         if self.store is None:
             raise RuntimeError("Runner.run needs a store; a worker calls Runner.compute")
-        record = self.store.get(spec.run_id)
-        if record is not None and record.status == "finished":
-            return RunOutcome(spec, True, record.metrics, record.result)
-        self.store.mark_running(spec, self.provenance(spec))
+        waited = False
+        while True:
+            record = self.store.get(spec.run_id)
+            if record is not None and record.status == "finished":
+                self.drop_checkpoints(spec.run_id)  # a run killed between commit and clean-up
+                return RunOutcome(spec, True, record.metrics, record.result, waited=waited)
+            state = self.store.claim(spec, self.provenance(spec))
+            if state == "claimed":
+                break
+            if state == "busy":
+                if not waited and self.on_wait is not None:
+                    self.on_wait(spec)
+                waited = True
+                time.sleep(self.poll_s)
         try:
             computed = self.compute(spec, on_step)
         except BaseException as exc:
@@ -220,6 +257,10 @@ class Runner:
             raise
         self.finish(computed)
         return RunOutcome(spec, False, computed.metrics, computed.result)
+
+    def drop_checkpoints(self, run_id: str) -> None:
+        if self.checkpoint_dir is not None:
+            shutil.rmtree(self.checkpoint_dir / run_id, ignore_errors=True)
 
     def provenance(self, spec: RunSpec) -> dict[str, Any]:
         data = self._task_data(self.suite.task(spec.task))
@@ -239,7 +280,7 @@ class Runner:
         provenance = self.provenance(spec)
         started = time.perf_counter()
         metrics, result = self._execute(spec, task, data, on_step)
-        result["deviations"] = list(spec.deviations) + runtime_deviations(result.get("method") or {})
+        result["deviations"] = list(spec.deviations) + runtime_deviations(result)
         result["protocol_source"] = dict(spec.protocol_source)
         result["protocol_refs"] = dict(spec.protocol_refs)
         return ComputedRun(spec, metrics, result, time.perf_counter() - started, provenance)
@@ -250,8 +291,7 @@ class Runner:
         self.store.mark_finished(
             computed.spec.run_id, computed.metrics, computed.result, computed.wall_time_s, computed.provenance
         )
-        if self.checkpoint_dir is not None:
-            shutil.rmtree(self.checkpoint_dir / computed.spec.run_id, ignore_errors=True)
+        self.drop_checkpoints(computed.spec.run_id)
 
     def _execute(
         self,
@@ -276,6 +316,7 @@ class Runner:
         train_name = protocol.train_split
         if spec.stage == "search" and train_name == "trainval" and protocol.selection_split == "val":
             train_name = "train"
+        refuse_leakage(task, self.data_root, (train_name, protocol.selection_split), protocol.eval_split)
         train_split, selection_split = few_shot_splits(
             data, train_name, protocol.selection_split, protocol.shots, spec.seed
         )
@@ -360,12 +401,12 @@ class Runner:
         """Backbone + method (attached, freshly initialised under the run's seed) + head, on device."""
         seed_everything(spec.seed)
         backbone = build_backbone(spec.backbone, pretrained=spec.protocol.get("backbone_pretrained", True))
-        method_cls = get_method(spec.method)
-        method = method_cls(spec.method_config)
-        method_cls.check_compatible(backbone.name, backbone.kind, backbone.tower_names)
-        method.attach(backbone)
-        head = make_head(method, backbone, data, task)
-        return ImageClassifier(backbone, head, method).to(self.device)
+        method = attach_method(spec, backbone)
+        with out_of_memory_as_user_error(f"the head of {spec.method!r} on {spec.backbone}"):
+            head = make_head(method, backbone, data, task)
+        model = ImageClassifier(backbone, head, method)
+        refuse_nothing_to_train(spec, model)
+        return model.to(self.device)
 
     def _fgsm(self, spec: RunSpec, model: ImageClassifier, data: TensorImageDataset, classes: int) -> dict:
         opts = spec.measure["fgsm"]
@@ -415,13 +456,18 @@ class Runner:
         from safetensors.torch import load_file
 
         spec = record.spec
+        stored = (record.result.get("robustness") or {}).get("fgsm")
+        if max_examples is None and stored:
+            max_examples = stored.get("examples")  # the same examples, so the grids can merge
+        check_fgsm_options({"epsilons": list(epsilons or DEFAULT_EPSILONS), "max_examples": max_examples})
         task = self.suite.task(spec.task)
         data = self._task_data(task)
         if getattr(data, "generative", False):
             from .seq2seq import remeasure_seq2seq
 
             measured = remeasure_seq2seq(self, spec, task, data, load_file(str(path)), epsilons, max_examples)
-            self.store.update_result(record.run_id, {**record.result, "robustness": {"fgsm": measured}})
+            merged = merge_fgsm(stored, measured)
+            self.store.update_result(record.run_id, {**record.result, "robustness": {"fgsm": merged}})
             return measured
         model = self.build_model(spec, task, data)
         tensors = load_file(str(path), device=str(self.device))
@@ -442,7 +488,7 @@ class Runner:
             max_examples=max_examples,
         )
         result = dict(record.result)
-        result["robustness"] = {"fgsm": measured}
+        result["robustness"] = {"fgsm": merge_fgsm(stored, measured)}
         self.store.update_result(record.run_id, result)
         return measured
 
@@ -476,6 +522,7 @@ class Runner:
             "train_time_s": 0.0,
             "images": 0,
             "resumed_from_epoch": None,
+            "resumed_after_stages": [],  # finished stages read back from disk (a run that resumed)
         }
 
         def image_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -495,6 +542,7 @@ class Runner:
                 model.head.load_state_dict(state["head"])
                 stage_results[stage.name] = state["result"]
                 history.extend(state["history"])
+                train_info["resumed_after_stages"].append(stage.name)
                 continue
             if stage.prepare is not None:
                 stage.prepare(

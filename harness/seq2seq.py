@@ -36,7 +36,7 @@ from petlbench.backbones.ofa.decoding import DecodeConfig, Trie
 from petlbench.backbones.ofa.generator import OFAGenerator
 from petlbench.benchmarks.datasets.ofa_loaders import Seq2SeqTaskData
 from petlbench.benchmarks.datasets.ofa_tsv import OFASample
-from petlbench.benchmarks.metrics.ofa import get_ofa_metric
+from petlbench.benchmarks.metrics.ofa import CaptionReport, caption_scores, get_ofa_metric
 from petlbench.benchmarks.ofa_tasks.formatting import (
     OFAExample,
     decode_box,
@@ -45,8 +45,9 @@ from petlbench.benchmarks.ofa_tasks.formatting import (
 )
 from petlbench.benchmarks.ofa_tasks.tokenizer import OFATokenizer
 from petlbench.errors import UserError
-from petlbench.methods.registry import get_method
 
+from .building import attach_method, refuse_nothing_to_train
+from .leakage import refuse_leakage
 from .memory import PeakMemory
 
 if TYPE_CHECKING:
@@ -237,22 +238,24 @@ class GenerativeTask:
         return [e.meta["refs"] for e in examples]
 
     def score(self, preds: Sequence[Any], examples: Sequence[OFAExample]) -> float:
-        return float(self.metric(list(preds), self.references(examples)))
+        refs = self.references(examples)
+        if self.task == "caption":  # coco-caption's own scorers where they can run
+            scores = caption_scores(list(preds), refs, spice=False).scores
+            if self.metric_name in scores:
+                return scores[self.metric_name]
+        return float(self.metric(list(preds), refs))
 
     def unanswered(self, examples: Sequence[OFAExample]) -> bool:
         """True for a VQA split whose samples carry no answers at all (the test splits), which can be
         predicted and submitted but not scored."""
         return self.task == "vqa" and len(examples) > 0 and not any(e.meta["answers"] for e in examples)
 
-    def extra_scores(self, preds: Sequence[Any], examples: Sequence[OFAExample]) -> dict[str, float]:
-        """The other caption metrics beside the task metric (python backends)."""
+    def caption_report(self, preds: Sequence[Any], examples: Sequence[OFAExample]) -> CaptionReport | None:
+        """Every caption metric beside the task metric, and which implementation ran (None off
+        caption): ``benchmarks/metrics/caption.py`` ``caption_scores``."""
         if self.task != "caption":
-            return {}
-        refs = self.references(examples)
-        return {
-            name: float(get_ofa_metric(name)(list(preds), refs))
-            for name in ("bleu4", "cider", "meteor_exact")
-        }
+            return None
+        return caption_scores(list(preds), self.references(examples))
 
 
 def sequence_loss(
@@ -329,11 +332,9 @@ def build_generator(
             f"{backbone.ofa_config.vocab_size}; use the checkpoint's vocab.json/merges.txt"
         )
     backbone.tokenizer = tokenizer
-    method_cls = get_method(spec.method)
-    method = method_cls(spec.method_config)
-    method_cls.check_compatible(backbone.name, backbone.kind, backbone.tower_names)
-    method.attach(backbone)
-    return OFAGenerator(backbone, method).to(device), tokenizer
+    model = OFAGenerator(backbone, attach_method(spec, backbone))
+    refuse_nothing_to_train(spec, model)
+    return model.to(device), tokenizer
 
 
 def _check_pairing(spec: RunSpec, data: Any) -> None:
@@ -364,8 +365,8 @@ def run_seq2seq(
     on_step: Callable[[int, int, float], None] | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train and evaluate one generative spec; returns (metrics, result) like the classification path."""
+    from .robustness import check_fgsm_options
     from .runner import _dtype_name, count_parameters, protocol_of
-    from .seq2seq_robustness import check_fgsm_options
 
     _check_pairing(spec, data)
     check_fgsm_options(spec.measure.get("fgsm"))  # a bad unit fails before training, not after
@@ -377,6 +378,9 @@ def run_seq2seq(
     task = GenerativeTask(data, tokenizer, task_spec.metric)
     size = int(data.options["patch_image_size"] or backbone.image_size)
     searching = spec.stage == "search"
+    refuse_leakage(
+        task_spec, runner.data_root, (protocol.train_split, protocol.selection_split), protocol.eval_split
+    )
     train = ExampleSet(data.split(protocol.train_split), data.task, tokenizer, data.options, size, train=True)
     selection = ExampleSet(
         data.split(protocol.selection_split), data.task, tokenizer, data.options, size, train=False
@@ -432,6 +436,7 @@ def run_seq2seq(
     examples = [final[i] for i in range(len(final))]
     split_key = protocol.selection_split if searching else protocol.eval_split
     unanswered = task.unanswered(examples)
+    report = None if unanswered else task.caption_report(preds, examples)
     metrics = {selection_key: selection_score}
     if not unanswered:
         metrics[task.metric_name] = final_score
@@ -448,9 +453,11 @@ def run_seq2seq(
         "patch_image_size": size,
         "dtype": _dtype_name(device),
         "memory": eval_peak.result(),
-        "extra": {} if unanswered else task.extra_scores(preds, examples),
+        "extra": report.scores if report is not None else {},
         "samples": [_show(p) for p in preds[:5]],
     }
+    if report is not None:  # backend, what was skipped and why; the python fallback names its deviation
+        result["eval"]["caption_metrics"] = report.info()
     if unanswered:
         result["eval"]["why_unscored"] = (
             f"split {data.split_name(split_key)!r} has no answers (VQA test-dev/test-std are scored by "

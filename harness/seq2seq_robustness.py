@@ -42,35 +42,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from petlbench.errors import UserError
+from .robustness import EMBEDDING_UNIT, PIXEL_UNIT, UNITS, check_fgsm_options
 
 if TYPE_CHECKING:
     from petlbench.backbones.ofa.generator import OFAGenerator
 
     from .seq2seq import ExampleSet, GenerativeTask
 
-PIXEL_UNIT = "pixel"
-EMBEDDING_UNIT = "embedding"
-UNITS = (PIXEL_UNIT, EMBEDDING_UNIT)
 # The pixel grid's steps k/255 (harness/robustness.py DEFAULT_EPSILONS) over the per-channel pixel std
 # of natural images in [0, 1] (ImageNet's 0.229, 0.224, 0.225): 0.0174, 0.0349, 0.0697, 0.1394.
 PIXEL_STEPS = (1, 2, 4, 8)
 NATURAL_PIXEL_STD = 0.225
 DEFAULT_RMS_FRACTIONS = tuple(round(k / 255 / NATURAL_PIXEL_STD, 4) for k in PIXEL_STEPS)
-
-
-def check_fgsm_options(options: Mapping[str, Any] | None) -> None:
-    """Refuse an unknown ``unit`` or a bad epsilon before anything trains."""
-    if not options:
-        return
-    unit = options.get("unit", PIXEL_UNIT)
-    if unit not in UNITS:
-        raise UserError(f"fgsm: unit must be one of {', '.join(UNITS)}, not {unit!r}")
-    eps = options.get("epsilons")
-    if eps is not None and not all(
-        isinstance(e, int | float) and not isinstance(e, bool) and math.isfinite(e) and e >= 0 for e in eps
-    ):
-        raise UserError(f"fgsm: epsilons must be finite numbers >= 0, got {list(eps)!r}")
 
 
 def token_embedding_rms(model: OFAGenerator) -> float:

@@ -27,7 +27,7 @@ from petlbench.benchmarks.suites import Protocol, SearchSpace, Suite
 from petlbench.errors import UserError
 
 from .executors import Executor, RunDone
-from .plan import plan_runs
+from .plan import check_seed, plan_runs
 from .spec import RunSpec
 from .store import Store
 
@@ -122,7 +122,7 @@ def run_sweep(
     if not methods:
         raise UserError("--methods names no method")
     seed_list = list(seeds) if seeds else list(suite.seeds)
-    search_seed = seed_list[0] if search_seed is None else search_seed
+    search_seed = seed_list[0] if search_seed is None else check_seed(search_seed, "--search-seed")
     base_config = dict(method_config or {})
     base_protocol = dict(protocol_overrides or {})
     if grid:
@@ -135,6 +135,19 @@ def run_sweep(
     else:
         space, extra = None, []
     common = {"tasks": tasks, "pretrained": pretrained}
+    # Everything the sweep runs is planned before its first run (final seeds here, every search
+    # point below), so a bad name or value is one line before anything trains.
+    for method in methods:
+        plan_runs(
+            method,
+            suite,
+            backbones=backbones,
+            seeds=seed_list,
+            method_config=base_config,
+            protocol_overrides=base_protocol,
+            measure=dict(measure or {}),
+            **common,
+        )
 
     cells: dict[tuple[str, str, str], Cell] = {}
     phases: dict[str, list[dict[str, list[Any]]]] = {}
@@ -153,6 +166,20 @@ def run_sweep(
             for spec in planned:
                 key = (spec.method, spec.backbone, spec.task)
                 cells[key] = Cell(*key, batch_size=int(spec.protocol["batch_size"]))
+        for cell in cells.values():
+            for phase in phases[cell.method]:
+                for point in grid_points(phase):
+                    _cell_specs(
+                        suite,
+                        cell,
+                        point,
+                        space,
+                        base_config,
+                        base_protocol,
+                        pretrained,
+                        extra,
+                        [search_seed],
+                    )
 
     search_done: list[RunDone] = []
     for phase_index in range(max((len(p) for p in phases.values()), default=0)):

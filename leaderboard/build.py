@@ -687,7 +687,9 @@ def render_all(doc: dict[str, Any]) -> dict[str, bytes]:
 def build(
     records_dir: str | Path, out_dir: str | Path, reported_path: str | Path | None = None
 ) -> dict[str, Any]:
-    """Build and validate the leaderboard from ``records_dir`` and write every output into ``out_dir``."""
+    """Build and validate the leaderboard from ``records_dir`` and write every output into ``out_dir``.
+    The records are checked first (``records.load_records``): a bad line, a missing folder or one with no
+    records is refused in one line, before anything is written."""
     from .records import load_records
 
     doc = build_leaderboard(load_records(records_dir), load_reported(reported_path))
@@ -720,8 +722,12 @@ def check(
     json_path = committed / "leaderboard.json"
     if json_path.exists():
         try:
-            committed_doc = json.loads(json_path.read_text(encoding="utf-8"))
+            committed_doc = json.loads(json_path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise UserError(
+                f"{json_path} is not UTF-8 text (byte {err.start + 1} is 0x{err.object[err.start]:02x})"
+            ) from None
         except json.JSONDecodeError as err:
-            raise UserError(f"{json_path} is not valid JSON ({err.msg})") from None
+            raise UserError(f"{json_path}:{err.lineno}: not valid JSON ({err.msg})") from None
         validate(committed_doc)
     return differ

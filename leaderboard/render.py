@@ -2,7 +2,7 @@
 
 Every renderer is a pure function of the document, so a rebuild from the same records gives the same
 bytes (the plots: Agg backend, fixed SVG hash salt, no dates or software names in the metadata, text
-kept as text in the SVG).
+kept as text in the SVG, point labels placed by adjustText in a fixed number of iterations).
 """
 
 from __future__ import annotations
@@ -492,6 +492,35 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
+LABEL_ITERATIONS = 500  # a fixed budget, not adjustText's default 1 s, so every rebuild is identical
+
+
+def place_labels(ax: Any, texts: Sequence[Any]) -> None:
+    """Move a panel's point labels apart with ``adjustText`` (away from each other, the points and
+    the legend; a thin line back to the point when a label had to move), deterministically."""
+    if not texts:
+        return
+    from adjustText import adjust_text
+
+    points = [t.get_position() for t in texts]
+    legend = ax.get_legend()
+    # adjustText maps a Bbox given in data coordinates to the display itself
+    avoid = None if legend is None else [legend.get_window_extent().transformed(ax.transData.inverted())]
+    adjust_text(
+        list(texts),
+        x=[p[0] for p in points],
+        y=[p[1] for p in points],
+        objects=avoid,
+        ax=ax,
+        iter_lim=LABEL_ITERATIONS,
+        time_lim=None,
+        expand=(1.2, 1.5),
+        force_static=(0.4, 0.8),
+        min_arrow_len=8,
+        arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"},
+    )
+
+
 def render_pareto(doc: dict[str, Any]) -> dict[str, bytes]:
     """Suite-average accuracy vs trainable parameters (with head, log scale), one panel per suite,
     one frontier per backbone. Returns {'pareto.svg': ..., 'pareto.png': ...}."""
@@ -523,6 +552,7 @@ def render_pareto(doc: dict[str, Any]) -> dict[str, bytes]:
             ax.set_xlabel("trainable parameters (with head)")
             ax.set_ylabel("average accuracy (%)")
         markers = "osD^vP*X"
+        panels: list[tuple[Any, list[Any]]] = []
         for ax, (suite, version) in zip(axes[0], suites, strict=False):
             by_backbone: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
             for e in doc["entries"]:
@@ -534,6 +564,7 @@ def render_pareto(doc: dict[str, Any]) -> dict[str, bytes]:
                 by_backbone[e["backbone"]].append(
                     (max(float(x), 1.0), float(e["average"]["mean"]), e["label"])
                 )
+            labels: list[Any] = []  # a text per point of this panel, in its backbone's colour
             for k, (backbone, pts) in enumerate(sorted(by_backbone.items())):
                 color = f"C{k % 10}"
                 ax.scatter(
@@ -543,18 +574,21 @@ def render_pareto(doc: dict[str, Any]) -> dict[str, bytes]:
                     marker=markers[k % len(markers)],
                     label=backbone,
                 )
-                for x, y, label in pts:
-                    ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                labels += [ax.text(x, y, label, fontsize=7, color=color, zorder=3) for x, y, label in pts]
                 front = pareto_front([(p[0], p[1]) for p in pts])
                 ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=color, alpha=0.5)
             ax.set_xscale("log")
+            ax.margins(x=0.06, y=0.1)  # room for the labels at the edges
             ax.set_title(f"{suite} v{version}: average over tasks")
             ax.set_xlabel("trainable parameters (with head, log scale; 0 shown at 1)")
             ax.set_ylabel("average accuracy (%)")
             ax.grid(True, which="major", alpha=0.3)
             if by_backbone:
                 ax.legend(fontsize=8, loc="lower right")
+            panels.append((ax, labels))
         fig.tight_layout()
+        for ax, labels in panels:  # after the layout: label placement works in display coordinates
+            place_labels(ax, labels)
         svg, png = io.BytesIO(), io.BytesIO()
         fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
         fig.savefig(png, format="png", metadata={"Software": None})

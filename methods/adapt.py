@@ -75,7 +75,7 @@ from petlbench.backbones.slots import MaskedTokens
 from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
-from .base import Callback, Method
+from .base import MAX_LAYERS, MAX_TOKENS, Callback, Method
 
 BRANCHES = ("image", "text")  # also the tie-break order of pruning
 # The towers that take each branch's role: CLIP/ViT/Swin's own, else an encoder-decoder's (OFA).
@@ -120,6 +120,16 @@ class Adapt(Method):
     family = "prompt"
     paper = "Huang et al., Adapt: Adaptive Prompt Tuning for Pre-trained Vision-Language Models"
     Config = AdaptConfig
+    limits = {
+        "image_layers": (0, MAX_LAYERS),
+        "text_layers": (0, MAX_LAYERS),
+        "image_tokens": (0, MAX_TOKENS),
+        "text_tokens": (0, MAX_TOKENS),
+        "target_tokens": (0, MAX_TOKENS * MAX_LAYERS),
+        "accumulation_steps": (1, 10**9),
+        "prune_rate": (1, MAX_TOKENS),
+        "warmup_epochs": (0, 10**6),
+    }
     towers = ("image", "text")
     reference_protocol: ClassVar[dict[str, Any]] = {
         "optimizer": "sgd",  # "We use the stochastic gradient descent (SGD)"

@@ -27,7 +27,7 @@ from petlbench.backbones.base import Backbone
 from petlbench.errors import UserError
 
 from ._towers import ENCODER_DECODER_KINDS, parse_towers, resolve_towers, tower_defaults
-from .base import Method
+from .base import MAX_WIDTH, Method
 
 STYLES = ("pfeiffer", "houlsby")
 INITS = ("xavier", "kaiming", "bert")
@@ -90,6 +90,7 @@ class Adapter(Method):
     family = "adapter"
     paper = "Houlsby et al., Parameter-Efficient Transfer Learning for NLP, ICML 2019 (and Pfeiffer 2021)"
     Config = AdapterConfig
+    limits = {"dim": (1, MAX_WIDTH), "reduction": (1, MAX_WIDTH)}
     towers = ("image", "text", "encoder", "decoder")
 
     def validate_config(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -21,6 +22,10 @@ from torch import nn
 
 from petlbench.backbones.base import Backbone
 from petlbench.errors import UserError
+
+MAX_TOKENS = 4096  # tokens / prompts / prefixes per layer: more than any sequence a backbone here takes
+MAX_WIDTH = 16384  # bottleneck, rank or hidden widths: far above every backbone width (<= 1280 here)
+MAX_LAYERS = 1024
 
 
 @dataclass
@@ -83,6 +88,10 @@ class Method(nn.Module, abc.ABC):
     # Named ways this implementation departs from the method's reference code, shown with every
     # result of the method ({"id": short-name, "what": one sentence}); empty when exact.
     deviations: ClassVar[tuple[dict[str, str], ...]] = ()
+    # Declared ranges of numeric options, checked before anything is built ({option: (lo, hi)},
+    # inclusive; a None value is not checked). Sizes are capped where a larger value could only
+    # exhaust memory (MAX_TOKENS, MAX_WIDTH), so a typo is refused instead of allocated.
+    limits: ClassVar[dict[str, tuple[float, float]]] = {}
 
     def __init__(self, config: Any = None) -> None:
         super().__init__()
@@ -93,6 +102,7 @@ class Method(nn.Module, abc.ABC):
         elif not isinstance(config, self.Config):
             raise TypeError(f"{self.name}: config must be a {self.Config.__name__}")
         self.config = config
+        self.check_limits()
         self.validate_config()
 
     # ----- configuration -------------------------------------------------------------------
@@ -109,6 +119,19 @@ class Method(nn.Module, abc.ABC):
         for key, value in values.items():
             out[key] = _coerce(cls.name, key, value, hints.get(key))
         return cls.Config(**out)
+
+    def check_limits(self) -> None:
+        """Every option in :attr:`limits` within its range, every float option finite."""
+        for f in dataclasses.fields(self.config):
+            value = getattr(self.config, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"method {self.name!r}: option {f.name} must be a finite number, got {value}")
+        for key, (lo, hi) in self.limits.items():
+            value = getattr(self.config, key)
+            if value is not None and not lo <= value <= hi:
+                raise UserError(
+                    f"method {self.name!r}: option {key} must be in [{lo:g}, {hi:g}], got {value:g}"
+                )
 
     def validate_config(self) -> None:
         """Raise UserError for inconsistent options."""

@@ -24,6 +24,7 @@ from torch import nn
 from petlbench.backbones.base import Backbone
 from petlbench.errors import UserError
 
+from .base import MAX_TOKENS, MAX_WIDTH
 from .coop import CoOp, PromptHead, build_layout
 
 
@@ -87,6 +88,7 @@ class CoCoOp(CoOp):
     name = "cocoop"
     paper = "Zhou et al., Conditional Prompt Learning for Vision-Language Models, CVPR 2022"
     Config = CoCoOpConfig
+    limits = {"n_ctx": (0, MAX_TOKENS), "meta_net_ratio": (1, MAX_WIDTH)}
     needs_text_encoder_per_image = True
     suggested_protocol: ClassVar[dict[str, Any]] = {
         "optimizer": "sgd",

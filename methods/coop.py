@@ -43,7 +43,7 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.heads import prompt_class_name
 from petlbench.errors import UserError
 
-from .base import Method
+from .base import MAX_TOKENS, Method
 
 PLACEHOLDER = "X"
 POSITIONS = ("end", "middle", "front")
@@ -225,6 +225,7 @@ class CoOp(Method):
     family = "prompt"
     paper = "Zhou et al., Learning to Prompt for Vision-Language Models, IJCV 2022"
     Config = CoOpConfig
+    limits = {"n_ctx": (0, MAX_TOKENS)}
     towers = ("text",)
     backbone_kinds = ("clip",)
     head = "text"

@@ -79,7 +79,7 @@ from petlbench.backbones.slots import InputTokens, MaskedKV
 from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
-from .base import Method, Stage, StageContext
+from .base import MAX_TOKENS, MAX_WIDTH, Method, Stage, StageContext
 
 KV_INITS = ("kaiming", "uniform", "trunc_normal")
 IMPORTANCE = ("abs", "signed")
@@ -157,6 +157,14 @@ class E2VPT(Method):
     family = "prompt"
     paper = "Han et al., E²VPT: An Effective and Efficient Approach for Visual Prompt Tuning, ICCV 2023"
     Config = E2VPTConfig
+    limits = {
+        "visual_tokens": (1, MAX_TOKENS),
+        "kv_tokens": (0, MAX_TOKENS),
+        "text_kv_tokens": (0, MAX_TOKENS),
+        "segments": (1, MAX_WIDTH),
+        "token_prune_percent": (0.0, 100.0),
+        "segment_prune_percent": (0.0, 100.0),
+    }
     towers = ("image", "text")
     suggested_protocol: ClassVar[dict[str, Any]] = {  # lr and weight decay: grid-searched per task
         "optimizer": "sgd",

@@ -35,7 +35,7 @@ from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
 from ._towers import parse_towers, resolve_towers, tower_defaults
-from .base import Method, Stage, StageContext
+from .base import MAX_WIDTH, Method, Stage, StageContext
 
 PROJECTIONS = ("q", "k", "v")
 MERGED_KEY = "merged"
@@ -111,6 +111,7 @@ class LoRA(Method):
     family = "reparameterization"
     paper = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
     Config = LoRAConfig
+    limits = {"rank": (1, MAX_WIDTH)}
     towers = ("image", "text", "encoder", "decoder")
 
     def __init__(self, config: Any = None) -> None:
@@ -121,8 +122,6 @@ class LoRA(Method):
 
     def validate_config(self) -> None:
         c = self.config
-        if c.rank < 1:
-            raise UserError(f"lora: rank must be at least 1, got {c.rank}")
         if not math.isfinite(c.alpha) or c.alpha <= 0:
             raise UserError(f"lora: alpha must be a positive number, got {c.alpha}")
         if not 0.0 <= c.dropout < 1.0:

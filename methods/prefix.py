@@ -57,7 +57,7 @@ from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
 from ._towers import parse_towers, resolve_towers, tower_defaults
-from .base import Method, Stage, StageContext
+from .base import MAX_TOKENS, MAX_WIDTH, Method, Stage, StageContext
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 # Prefix length on OFA: the paper's recommendation (ofa-prompt-tuning.md section 1, section 4.3 "Prompt
@@ -117,6 +117,12 @@ class PrefixTuning(Method):
     family = "prompt"
     paper = "Li & Liang, Prefix-Tuning, ACL 2021 (OFA prompt tuning, Yang et al. 2022)"
     Config = PrefixConfig
+    limits = {
+        "length": (0, MAX_TOKENS),
+        "text_length": (0, MAX_TOKENS),
+        "decoder_length": (0, MAX_TOKENS),
+        "projection_dim": (1, MAX_WIDTH),
+    }
     towers = ("image", "text", "encoder", "decoder")
 
     def __init__(self, config: Any = None) -> None:

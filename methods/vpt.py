@@ -63,7 +63,7 @@ from petlbench.backbones.slots import InputTokens
 from petlbench.errors import UserError
 
 from ._towers import ENCODER_DECODER_KINDS, parse_towers, resolve_towers
-from .base import Method
+from .base import MAX_LAYERS, MAX_TOKENS, Method
 
 LAYOUTS = ("auto", "kmnp", "maple")
 INITS = ("auto", "xavier", "normal")
@@ -87,6 +87,12 @@ class VPT(Method):
     family = "prompt"
     paper = "Jia et al., Visual Prompt Tuning, ECCV 2022"
     Config = VPTConfig
+    limits = {
+        "num_tokens": (1, MAX_TOKENS),
+        "text_tokens": (1, MAX_TOKENS),
+        "depth": (1, MAX_LAYERS),
+        "dropout": (0.0, 0.999),
+    }
     towers = ("image", "text", "encoder", "decoder")
 
     def validate_config(self) -> None:

@@ -1,5 +1,11 @@
-"""Caption metrics as coco-caption computes them, in pure Python, plus a wrapper of the official
-pycocoevalcap scorers when that package and Java are present (reference A5.1).
+"""Caption metrics: coco-caption's official scorers (pycocoevalcap, with Java) by default, and a
+pure-Python transcription of BLEU and CIDEr-D as the fallback where they cannot run (reference A5.1).
+
+:func:`caption_scores` is the entry point. With pycocoevalcap installed (``pip install -e ".[ofa]"``)
+and ``java`` on PATH it runs coco-caption itself: Stanford's Java PTB tokenizer, then BLEU-1..4,
+CIDEr-D and METEOR 1.5, and SPICE only when its Stanford CoreNLP models are already present (they
+are never downloaded here). Otherwise the report is computed here, labelled ``backend="python"``
+and carries the deviation :data:`FALLBACK_DEVIATION`:
 
 - :func:`bleu` / :func:`bleu4`: corpus BLEU of coco-caption's ``bleu_scorer`` (clipped n-gram counts
   summed over the corpus, the "closest" reference length for the brevity penalty, its 1e-15/1e-9
@@ -11,20 +17,25 @@ pycocoevalcap scorers when that package and Java are present (reference A5.1).
   nltk is importable). Official METEOR 1.5 also matches WordNet synonyms and paraphrases and weights
   function words, so this is *not* METEOR and is reported under its own name.
 
-Inputs are raw strings; :func:`ptb_tokenize` (lowercase, clitics split, punctuation tokens dropped,
-in the spirit of the Stanford PTB tokenizer coco-caption runs through Java) is applied first unless
-``tokenize=False``. These functions return coco-caption's own scale (BLEU and METEOR in [0, 1],
-CIDEr-D about [0, 10]); :func:`caption_scores` reports x100, as papers do (CIDEr 141.4).
+The python functions take raw strings; :func:`ptb_tokenize` (lowercase, clitics split, punctuation
+tokens dropped, an approximation of the Stanford PTB tokenizer) is applied first unless
+``tokenize=False``. They return coco-caption's own scale (BLEU and METEOR in [0, 1], CIDEr-D about
+[0, 10]); :func:`caption_scores` reports x100, as papers do (CIDEr 141.4).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
+import os
 import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from petlbench.errors import UserError
 
@@ -250,27 +261,67 @@ def meteor_exact(
 
 # ----- official scorers and the combined report ---------------------------------------------------
 
+FALLBACK_DEVIATION = "caption-metrics-python"
+"""The deviation id a result carries when its caption metrics are this module's, not coco-caption's."""
+SPICE_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+
 
 def coco_caption_unavailable() -> str | None:
     """Why the official pycocoevalcap scorers cannot run here, or None when they can."""
     try:
         import pycocoevalcap  # noqa: F401
     except ImportError:
-        return "pycocoevalcap is not installed (pip install pycocoevalcap)"
+        return 'pycocoevalcap is not installed (pip install -e ".[ofa]")'
     if shutil.which("java") is None:
-        return "java is not on PATH (coco-caption's PTB tokenizer and METEOR 1.5 are Java programs)"
+        return (
+            "java is not on PATH (coco-caption's PTB tokenizer and METEOR 1.5 are Java programs; "
+            "install a Java runtime, e.g. apt-get install default-jre-headless)"
+        )
+    spec = importlib.util.find_spec("pycocoevalcap.tokenizer")
+    folder = next(iter(spec.submodule_search_locations or []), None) if spec else None
+    if folder is None or not os.access(folder, os.W_OK):
+        return f"pycocoevalcap's folder {folder} is not writable (its PTB tokenizer writes a file there)"
+    return None
+
+
+def spice_unavailable() -> str | None:
+    """Why SPICE cannot run here, or None when it can: besides pycocoevalcap and Java it needs
+    Stanford CoreNLP 3.6.0's jars in pycocoevalcap's ``spice/lib``, which pycocoevalcap downloads on
+    SPICE's first use; they are looked for, never fetched."""
+    why = coco_caption_unavailable()
+    if why is not None:
+        return why
+    spec = importlib.util.find_spec("pycocoevalcap.spice")
+    if spec is None or not spec.submodule_search_locations:
+        return "this pycocoevalcap has no spice package"
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    missing = [j for j in SPICE_JARS if not (lib / j).is_file()]
+    if missing:
+        return (
+            f"SPICE needs Stanford CoreNLP 3.6.0 models: {', '.join(missing)} not in {lib} "
+            "(python -m pycocoevalcap.spice.get_stanford_models downloads them)"
+        )
     return None
 
 
 @dataclass
 class CaptionReport:
-    """Caption scores x100 by metric name, what was skipped and why, and which implementation ran
-    (``backend``: ``python`` = this module's metrics on :func:`ptb_tokenize` tokens; ``coco`` =
-    pycocoevalcap with its Java PTB tokenizer)."""
+    """Caption scores x100 by metric name, what was skipped and why, which implementation ran
+    (``backend``: ``coco`` = pycocoevalcap's scorers on its Java PTB tokenizer; ``python`` = this
+    module's metrics on :func:`ptb_tokenize` tokens) and, for ``python``, the deviation naming it."""
 
     scores: dict[str, float]
     backend: str
     skipped: dict[str, str] = field(default_factory=dict)
+    deviations: list[dict[str, str]] = field(default_factory=list)
+
+    def info(self) -> dict[str, Any]:
+        """What a run's result records beside the scores (JSON-serialisable)."""
+        return {
+            "backend": self.backend,
+            "skipped": dict(self.skipped),
+            "deviations": [dict(d) for d in self.deviations],
+        }
 
 
 def _python_scores(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[str, float]:
@@ -282,40 +333,71 @@ def _python_scores(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _meteor() -> Any:
+    """One METEOR 1.5 process per Python process: its start (loading the paraphrase table) takes
+    seconds, scoring after that is quick."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    return Meteor()
+
+
+def _meteor_score(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
+    meteor = _meteor()
+    try:
+        return float(meteor.compute_score(gts, res)[0])
+    except Exception:
+        # pycocoevalcap holds its lock past an error (and its __del__ takes it): free it, drop the process
+        _meteor.cache_clear()
+        if meteor.lock.locked():
+            meteor.lock.release()
+        meteor.meteor_p.kill()
+        raise
+
+
 def _coco_scores(
     preds: Sequence[str], refs: Sequence[Sequence[str]], spice: bool, skipped: dict[str, str]
-) -> dict[str, float]:  # pragma: no cover - needs pycocoevalcap and Java
+) -> dict[str, float]:
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+    _prepare(preds, refs, tokenize=False)  # the same checks as the python backend
     tok = PTBTokenizer()
     gts = tok.tokenize({i: [{"caption": r} for r in rs] for i, rs in enumerate(refs)})
     res = tok.tokenize({i: [{"caption": p}] for i, p in enumerate(preds)})
     out: dict[str, float] = {}
-    b, _ = Bleu(4).compute_score(gts, res)
+    b, _ = Bleu(4).compute_score(gts, res, verbose=0)
     out.update({f"bleu{k + 1}": 100.0 * v for k, v in enumerate(b)})
-    out["cider"] = 100.0 * Cider().compute_score(gts, res)[0]
-    out["meteor"] = 100.0 * Meteor().compute_score(gts, res)[0]
-    if spice:
-        try:
-            from pycocoevalcap.spice.spice import Spice
+    out["cider"] = 100.0 * float(Cider().compute_score(gts, res)[0])
+    out["meteor"] = 100.0 * _meteor_score(gts, res)
+    if not spice:
+        skipped["spice"] = "not asked for (spice=False)"
+        return out
+    why = spice_unavailable()
+    if why is not None:
+        skipped["spice"] = why
+        return out
+    try:  # pragma: no cover - needs the Stanford models
+        from pycocoevalcap.spice.spice import Spice
 
-            out["spice"] = 100.0 * Spice().compute_score(gts, res)[0]
-        except Exception as err:  # offline, SPICE's first run downloads Stanford CoreNLP and fails
-            skipped["spice"] = f"SPICE failed ({type(err).__name__}: {err}); it needs Stanford CoreNLP models"
+        out["spice"] = 100.0 * float(Spice().compute_score(gts, res)[0])
+    except Exception as err:  # pragma: no cover - a scored run keeps its other metrics
+        skipped["spice"] = f"SPICE failed ({type(err).__name__}: {err})"
     return out
 
 
 def caption_scores(
-    preds: Sequence[str], refs: Sequence[Sequence[str]], *, backend: str = "auto", spice: bool = False
+    preds: Sequence[str], refs: Sequence[Sequence[str]], *, backend: str = "auto", spice: bool = True
 ) -> CaptionReport:
-    """BLEU-1..4, CIDEr(-D) and METEOR of captions against their references, x100.
+    """BLEU-1..4, CIDEr-D and METEOR 1.5 of captions against their references, x100.
 
-    ``backend``: ``python`` (offline: ``meteor_exact`` instead of METEOR), ``coco`` (the official
-    scorers; a UserError when pycocoevalcap or Java is missing) or ``auto`` (coco when available).
-    SPICE is opt-in (``spice=True``) and only with coco; otherwise it is listed in ``skipped``.
+    ``backend``: ``coco`` (the official pycocoevalcap scorers after its Java PTB tokenizer; a
+    UserError when pycocoevalcap or Java is missing), ``python`` (this module: ``meteor_exact``
+    instead of METEOR, an approximate PTB tokenizer) or ``auto`` (coco when available, else python).
+    A python report carries the deviation :data:`FALLBACK_DEVIATION` saying so. ``spice``: report
+    SPICE when it can run (coco, with Stanford CoreNLP's models present); otherwise it is listed in
+    ``skipped`` with the reason, never replaced by another score.
     """
     if backend not in ("auto", "python", "coco"):
         raise UserError(f"unknown caption metric backend {backend!r}; use auto, python or coco")
@@ -323,10 +405,16 @@ def caption_scores(
     if backend == "coco" and why is not None:
         raise UserError(f"the official caption metrics cannot run: {why}; or use backend 'python'")
     skipped: dict[str, str] = {}
-    if backend == "python" or (backend == "auto" and why is not None):
-        if backend == "auto":
-            skipped["meteor"] = f"official METEOR 1.5 unavailable ({why}); meteor_exact reported instead"
-        if spice:
-            skipped["spice"] = "SPICE needs pycocoevalcap, Java and Stanford CoreNLP models (coco backend)"
-        return CaptionReport(_python_scores(preds, refs), "python", skipped)
-    return CaptionReport(_coco_scores(preds, refs, spice, skipped), "coco", skipped)
+    if backend == "coco" or (backend == "auto" and why is None):
+        return CaptionReport(_coco_scores(preds, refs, spice, skipped), "coco", skipped)
+    because = why if backend == "auto" else "the python backend was asked for"
+    skipped["meteor"] = f"official METEOR 1.5 not run ({because}); meteor_exact reported instead"
+    skipped["spice"] = f"SPICE needs pycocoevalcap, Java and Stanford CoreNLP models ({because})"
+    deviation = {
+        "id": FALLBACK_DEVIATION,
+        "what": (
+            f"caption metrics by petlbench's Python BLEU and CIDEr-D on an approximate PTB tokenizer, "
+            f"with meteor_exact (exact and stem matches only) in place of METEOR 1.5: {because}"
+        ),
+    }
+    return CaptionReport(_python_scores(preds, refs), "python", skipped, [deviation])

@@ -51,7 +51,7 @@ from .formatting import (
 )
 from .tokenizer import train_tiny_bpe
 
-SMOKE_VERSION = "ofa-smoke-v1"  # bump when generation changes; recorded in ofa_smoke.json
+SMOKE_VERSION = "ofa-smoke-v2"  # bump when generation changes; recorded in ofa_smoke.json
 FILES: dict[str, dict[str, str]] = {
     "refcoco": {"train": "refcoco/refcoco_train.tsv", "val": "refcoco/refcoco_val.tsv"},
     "snli_ve": {"train": "snli_ve/snli_ve_train.tsv", "val": "snli_ve/snli_ve_dev.tsv"},

@@ -1,4 +1,4 @@
-"""OFA's tokenizer: GPT-2/BART byte-level BPE plus OFA's extra tokens, in pure Python.
+"""OFA's tokenizer: GPT-2/BART byte-level BPE (Hugging Face ``tokenizers``) plus OFA's extra tokens.
 
 The vocabulary follows the OFA transformers-branch checkpoint (reference A1.2): ``vocab.json`` maps
 byte-level BPE tokens to ids and holds the fairseq specials ``<s>``=0, ``<pad>``=1, ``</s>``=2,
@@ -7,39 +7,36 @@ byte-level BPE tokens to ids and holds the fairseq specials ``<s>``=0, ``<pad>``
 RefCOCO decoding relies on that: ``bin = token_id - len(vocab) + num_bins``). With a real BART
 vocabulary (50,265 entries) and the defaults 8,192 + 1,000 the total is 59,457.
 
-``train_tiny_bpe`` learns a small BPE from texts in the same file format, so the smoke suite and the
-tests get a real (if tiny) byte-level tokenizer without any download.
+The BPE itself (GPT-2's pre-tokenizer regex, the byte-to-symbol map, merging by rank, byte-level
+decoding) is ``tokenizers``' Rust ``BPE`` model with the ``ByteLevel`` pre-tokenizer and decoder;
+this module only lays OFA's code and bin ids over it. ``train_tiny_bpe`` learns a small BPE with
+``tokenizers``' ``BpeTrainer`` and writes it in the checkpoint's file format, so the smoke suite and
+the tests get a real (if tiny) byte-level tokenizer without any download.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from petlbench.errors import UserError
-
-try:  # GPT-2's pre-tokenizer needs Unicode classes; `regex` comes with open_clip
-    import regex as _re
-
-    _PRETOKEN = _re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
-except ImportError:  # pragma: no cover - the stdlib approximation (letters = word chars minus digits, _)
-    import re as _re
-
-    _PRETOKEN = _re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?[^\s\w]+| ?_+|\s+(?!\S)|\s+""")
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 MASK = "<mask>"
 CONFIG_FILE = "ofa_tokenizer.json"
 DEFAULT_NUM_CODES = 8192
 DEFAULT_NUM_BINS = 1000
+_CACHE_SIZE = 100_000  # encoded texts kept per tokenizer
 
 
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map (so merges never see whitespace/control)."""
+    """GPT-2's reversible byte -> printable character map (the symbols ``ByteLevel`` works on); here
+    it fixes the order of the 256 byte symbols in a trained vocabulary."""
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
     out = {b: chr(b) for b in keep}
     n = 0
@@ -50,10 +47,13 @@ def bytes_to_unicode() -> dict[int, str]:
     return out
 
 
-def pretokenize(text: str) -> list[str]:
-    """Split text as GPT-2 does (words keep their leading space), each piece mapped to byte symbols."""
-    table = bytes_to_unicode()
-    return ["".join(table[b] for b in piece.encode("utf-8")) for piece in _PRETOKEN.findall(text)]
+def _byte_level(model: models.Model) -> Tokenizer:
+    """GPT-2's byte-level pipeline around a BPE model: no normaliser, no prefix space, no specials
+    added (``<s>`` in a text is just its bytes, as in OFA's encoder)."""
+    tok = Tokenizer(model)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return tok
 
 
 class OFATokenizer:
@@ -84,22 +84,35 @@ class OFATokenizer:
         if ids != list(range(len(ids))):
             raise UserError("tokenizer vocab ids must be 0..N-1 with no gap or repeat")
         self._vocab = vocab
-        self._merges = [tuple(m) for m in merges]
-        self._ranks = {pair: r for r, pair in enumerate(self._merges)}
+        self._merges = [(str(a), str(b)) for a, b in merges]
+        try:
+            model = models.BPE(vocab=vocab, merges=self._merges, unk_token=SPECIALS[3])
+        except Exception as err:  # tokenizers raises a plain Exception for a merge outside the vocab
+            raise UserError(f"tokenizer merges do not fit the vocab: {err}") from None
+        self._bpe = _byte_level(model)
         self.num_codes = num_codes
         self.num_bins = num_bins
         self._base = len(vocab)
         self._id_to_tok = {i: t for t, i in vocab.items()}
-        self._byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
-        self._cache: dict[str, list[int]] = {}
+        self._cache: dict[str, tuple[int, ...]] = {}
         self.bos_id, self.pad_id, self.eos_id, self.unk_id = 0, 1, 2, 3
         self.mask_id = vocab[MASK]
-        self._skip = {self.bos_id, self.pad_id, self.eos_id, self.unk_id, self.mask_id}
+        self._specials = {self.bos_id, self.pad_id, self.eos_id, self.unk_id, self.mask_id}
 
     # ----- sizes and special ids -----------------------------------------------------------------
 
     def __len__(self) -> int:
         return self._base + self.num_codes + self.num_bins
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        """``vocab.json``'s entries (BPE tokens, specials, ``<mask>``) and their ids (a copy)."""
+        return dict(self._vocab)
+
+    @property
+    def merges(self) -> list[tuple[str, str]]:
+        """The BPE merges in rank order (a copy)."""
+        return list(self._merges)
 
     @property
     def base_vocab_size(self) -> int:
@@ -134,62 +147,35 @@ class OFATokenizer:
 
     # ----- encode / decode -----------------------------------------------------------------------
 
-    def _bpe(self, piece: str) -> list[str]:
-        word = list(piece)
-        while len(word) > 1:
-            best = min(
-                (
-                    (self._ranks.get((a, b), -1), i)
-                    for i, (a, b) in enumerate(zip(word, word[1:], strict=False))
-                ),
-                key=lambda r: (r[0] < 0, r[0]),
-            )
-            if best[0] < 0:
-                break
-            pair = (word[best[1]], word[best[1] + 1])
-            merged: list[str] = []
-            i = 0
-            while i < len(word):  # merge every occurrence of the best pair, left to right
-                if i < len(word) - 1 and (word[i], word[i + 1]) == pair:
-                    merged.append(word[i] + word[i + 1])
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            word = merged
-        return word
-
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` with no special token added."""
-        out: list[int] = []
-        for piece in pretokenize(text):
-            ids = self._cache.get(piece)
-            if ids is None:
-                ids = [self._vocab.get(t, self.unk_id) for t in self._bpe(piece)]
-                if len(self._cache) < 100_000:
-                    self._cache[piece] = ids
-            out.extend(ids)
-        return out
+        ids = self._cache.get(text)
+        if ids is None:  # a call into tokenizers costs ~10 us; prompts and answers repeat a lot
+            ids = tuple(self._bpe.encode(text, add_special_tokens=False).ids)
+            if len(self._cache) < _CACHE_SIZE:
+                self._cache[text] = ids
+        return list(ids)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids``; ``<s> <pad> </s> <unk> <mask>`` are dropped when ``skip_special_tokens``;
-        codes and bins are written as ``<code_i>`` / ``<bin_i>``."""
-        buf = bytearray()
+        codes and bins are written as ``<code_i>`` / ``<bin_i>``. Each run of BPE ids is decoded to
+        UTF-8 by ``tokenizers`` (invalid bytes become U+FFFD), the other tokens are written as text."""
+        run: list[int] = []
         out: list[str] = []
         for i in ids:
             i = int(i)
-            if skip_special_tokens and i in self._skip:
+            if skip_special_tokens and i in self._specials:
+                continue
+            if i < self._base and i not in self._specials:
+                run.append(i)
                 continue
             tok = self.token(i)
-            if i < self._base and tok not in SPECIALS and tok != MASK:
-                buf.extend(self._byte_decoder[c] for c in tok)
-                continue
-            if buf:
-                out.append(buf.decode("utf-8", errors="replace"))
-                buf.clear()
+            if run:
+                out.append(self._bpe.decode(run, skip_special_tokens=False))
+                run = []
             out.append(tok)
-        if buf:
-            out.append(buf.decode("utf-8", errors="replace"))
+        if run:
+            out.append(self._bpe.decode(run, skip_special_tokens=False))
         return "".join(out)
 
     # ----- files ---------------------------------------------------------------------------------
@@ -256,41 +242,26 @@ def train_tiny_bpe(
 ) -> OFATokenizer:
     """Learn a byte-level BPE of at most ``num_merges`` merges from ``texts`` (deterministic).
 
-    Each step merges the most frequent adjacent pair (counted over pre-token frequencies); ties go to
-    the lexicographically smallest pair, and merging stops early when no pair occurs
-    ``min_frequency`` times. The vocab is the specials (0-3), the 256 byte symbols in byte order, the
-    merged tokens in merge order, then ``<mask>``. Written to ``out_dir`` when given.
+    ``tokenizers``' ``BpeTrainer`` over GPT-2's pre-tokens, all 256 byte symbols in the alphabet: each
+    step merges the most frequent adjacent pair (ties to the pair of smaller token ids), stopping
+    early when no pair occurs ``min_frequency`` times. The vocab is laid out as OFA's: the specials
+    (0-3), the 256 byte symbols in byte order, the merged tokens in merge order, then ``<mask>``.
+    Written to ``out_dir`` when given.
     """
-    freqs: Counter[str] = Counter()
-    for t in texts:
-        freqs.update(pretokenize(t))
-    words = {w: list(w) for w in freqs}
-    merges: list[tuple[str, str]] = []
-    for _ in range(num_merges):
-        pairs: Counter[tuple[str, str]] = Counter()
-        for w, syms in words.items():
-            for pair in zip(syms, syms[1:], strict=False):
-                pairs[pair] += freqs[w]
-        if not pairs:
-            break
-        best = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
-        if best[1] < min_frequency:
-            break
-        a, b = best[0]
-        merges.append((a, b))
-        for w, syms in words.items():
-            if len(syms) < 2:
-                continue
-            out: list[str] = []
-            i = 0
-            while i < len(syms):
-                if i < len(syms) - 1 and syms[i] == a and syms[i + 1] == b:
-                    out.append(a + b)
-                    i += 2
-                else:
-                    out.append(syms[i])
-                    i += 1
-            words[w] = out
+    if num_merges < 0:
+        raise ValueError("num_merges must be >= 0")
+    bpe = _byte_level(models.BPE(unk_token=SPECIALS[3]))
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(SPECIALS) + 256 + num_merges,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    learned = json.loads(bpe.to_str())["model"]["merges"]
+    # older tokenizers releases write a merge as "a b", newer ones as ["a", "b"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned][:num_merges]
     vocab: dict[str, int] = {tok: i for i, tok in enumerate(SPECIALS)}
     for b in range(256):
         vocab[bytes_to_unicode()[b]] = len(vocab)

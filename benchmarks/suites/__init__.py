@@ -42,6 +42,9 @@ LAYERS = ("suite", "task", "method", "search", "user")
 # ----- protocol -----------------------------------------------------------------------------------
 
 
+MAX_EPOCHS = 10**6  # far above any protocol; a larger value is a typo that would overflow a schedule
+
+
 def _field_error(name: str, expected: str, value: Any) -> UserError:
     return UserError(f"protocol field {name!r} must be {expected}, got {value!r}")
 
@@ -95,6 +98,9 @@ class Protocol:
             if not _is_number(v) or v < lo or (strict and v == lo):
                 raise _field_error(name, f"a number {'>' if strict else '>='} {lo:g}", v)
             object.__setattr__(self, name, float(v))
+        for name in ("epochs", "warmup_epochs"):
+            if getattr(self, name) > MAX_EPOCHS:
+                raise _field_error(name, f"at most {MAX_EPOCHS:,} epochs", getattr(self, name))
         if self.momentum >= 1.0:
             raise _field_error("momentum", "a number in [0, 1)", self.momentum)
         if self.grad_clip is not None:

@@ -142,3 +142,174 @@ def test_every_listed_source_is_a_fewshot11_dataset_and_hub_tasks_stay_offline(m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
         dl.download_task(hub, Path("."))
+
+
+# ----- damaged and malformed archives: one line naming the archive, nothing half-unpacked -------------
+
+
+def _tar(path: Path, *members: tarfile.TarInfo | tuple[str, bytes], mode: str = "w:gz") -> Path:
+    with tarfile.open(path, mode) as tar:
+        for m in members:
+            if isinstance(m, tarfile.TarInfo):
+                tar.addfile(m)
+            else:
+                _add(tar, *m)
+    return path
+
+
+def _info(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+def _unpack(path: Path, root: Path, strip: str = "") -> Path:
+    return dl.unpack(path, dl.Archive(path.as_uri(), "d", strip), root)
+
+
+def _noise(n: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("name", ["garbage.tar.gz", "garbage.tgz", "garbage.tar"])
+def test_a_garbage_tar_is_one_line_naming_it(tmp_path, name):
+    junk = tmp_path / name
+    junk.write_bytes(_noise(5000))
+    with pytest.raises(UserError, match=rf"archive .*{name} is not a readable tar archive.*delete it") as err:
+        _unpack(junk, tmp_path / "root")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "root" / "d").exists() and not list((tmp_path / "root").iterdir())
+
+
+@pytest.mark.parametrize("mode,suffix", [("w:gz", ".tar.gz"), ("w", ".tar")])
+def test_a_truncated_archive_is_refused_and_leaves_no_file_behind(tmp_path, mode, suffix):
+    whole = _tar(
+        tmp_path / f"whole{suffix}",
+        ("a/first.bin", _noise(20000, 1)),
+        ("a/second.bin", _noise(20000, 2)),
+        mode=mode,
+    )
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.7)])
+    with pytest.raises(UserError, match=rf"archive .*cut{suffix} .*(truncated|corrupt)"):
+        _unpack(cut, tmp_path / "root")
+    # the first member was read whole before the damage, but nothing was moved in
+    assert not (tmp_path / "root" / "d").exists() and not list((tmp_path / "root").iterdir())
+    assert (_unpack(whole, tmp_path / "root") / "a" / "second.bin").read_bytes() == _noise(20000, 2)
+
+
+def test_a_zip_that_is_not_a_zip_and_a_truncated_zip(tmp_path):
+    junk = tmp_path / "EuroSAT.zip"
+    junk.write_bytes(_noise(3000))
+    with pytest.raises(UserError, match=r"archive .*EuroSAT.zip is not a readable zip archive"):
+        _unpack(junk, tmp_path / "root")
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as zf:
+        zf.writestr("x/a.bin", _noise(30000))
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(good.read_bytes()[:20000])
+    with pytest.raises(UserError, match=r"archive .*cut.zip is not a readable zip archive"):
+        _unpack(cut, tmp_path / "root")
+    bad_crc = bytearray(good.read_bytes())
+    bad_crc[200] ^= 0xFF  # inside the stored data: the CRC check fails
+    flipped = tmp_path / "flipped.zip"
+    flipped.write_bytes(bytes(bad_crc))
+    with pytest.raises(UserError, match=r"archive .*flipped.zip .*(truncated or corrupt)"):
+        _unpack(flipped, tmp_path / "root")
+    assert not (tmp_path / "root" / "d").exists()
+
+
+def test_a_name_that_is_both_a_file_and_a_folder_is_refused(tmp_path):
+    file_then_folder = _tar(tmp_path / "ff.tar.gz", ("img", b"x"), ("img/1.jpg", b"y"))
+    with pytest.raises(UserError, match=r"archive .*ff.tar.gz: 'img' is both a file and a folder"):
+        _unpack(file_then_folder, tmp_path / "root")
+    folder_then_file = _tar(tmp_path / "df.tar.gz", _info("img", tarfile.DIRTYPE), ("img", b"x"))
+    with pytest.raises(UserError, match=r"archive .*df.tar.gz: 'img' is both a file and a folder"):
+        _unpack(folder_then_file, tmp_path / "root")
+    zipped = tmp_path / "ff.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.writestr("img/1.jpg", "y")
+        zf.writestr("img", "x")
+    with pytest.raises(UserError, match=r"archive .*ff.zip: 'img' is both a file and a folder"):
+        _unpack(zipped, tmp_path / "root")
+    assert not (tmp_path / "root" / "d").exists()
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        _info("a/evil", tarfile.SYMTYPE, "../../outside.txt"),
+        _info("a/evil", tarfile.SYMTYPE, "/etc/passwd"),
+        _info("a/evil", tarfile.LNKTYPE, "../outside.txt"),
+        _info("a/evil", tarfile.LNKTYPE, "/etc/passwd"),
+    ],
+    ids=["symlink-up", "symlink-absolute", "hardlink-up", "hardlink-absolute"],
+)
+def test_links_pointing_out_of_the_archive_are_refused(tmp_path, member):
+    evil = _tar(tmp_path / "links.tar.gz", ("a/ok.txt", b"ok"), member)
+    with pytest.raises(
+        UserError, match=r"archive .*links.tar.gz: member 'a/evil' is a link to .*outside the archive"
+    ):
+        _unpack(evil, tmp_path / "root")
+    assert not (tmp_path / "root" / "d").exists()
+
+
+def test_a_zip_symlink_out_and_a_link_out_of_the_stripped_folder_are_refused(tmp_path):
+    zipped = tmp_path / "links.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        info = zipfile.ZipInfo("a/evil")
+        info.external_attr = (0o120777) << 16
+        zf.writestr(info, "../../etc/passwd")
+    with pytest.raises(
+        UserError, match=r"archive .*links.zip: member 'a/evil' is a link to '../../etc/passwd'"
+    ):
+        _unpack(zipped, tmp_path / "root")
+    out_of_strip = _tar(
+        tmp_path / "s.tar.gz", ("top/README", b"r"), _info("top/data/r", tarfile.SYMTYPE, "../README")
+    )
+    with pytest.raises(UserError, match="outside the folder that is unpacked"):
+        _unpack(out_of_strip, tmp_path / "root", strip="top/data")
+
+
+def test_links_inside_the_archive_are_unpacked_as_copies(tmp_path):
+    archive = _tar(
+        tmp_path / "ok.tar.gz",
+        ("top/data/images/1.jpg", b"one"),
+        _info("top/data/images/same.jpg", tarfile.SYMTYPE, "1.jpg"),
+        _info("top/data/hard.jpg", tarfile.LNKTYPE, "top/data/images/1.jpg"),
+        _info("top/data/alias", tarfile.SYMTYPE, "images"),
+    )
+    dest = _unpack(archive, tmp_path / "root", strip="top/data")
+    for rel in ("images/1.jpg", "images/same.jpg", "hard.jpg", "alias/1.jpg"):
+        assert (dest / rel).read_bytes() == b"one" and not (dest / rel).is_symlink()
+    dangling = _tar(tmp_path / "dangling.tar.gz", _info("a/b", tarfile.SYMTYPE, "nothing"))
+    with pytest.raises(UserError, match="which the archive does not hold"):
+        _unpack(dangling, tmp_path / "root")
+
+
+def test_leftovers_of_a_crashed_unpack_are_discarded(tmp_path, monkeypatch):
+    archive = _tar(tmp_path / "a.tar.gz", ("x/1.bin", b"1"), ("x/2.bin", b"2"))
+    root = tmp_path / "root"
+    stale = root / ".d.a.tar.gz.unpacking"
+    (stale / "x").mkdir(parents=True)
+    (stale / "x" / "half.bin").write_bytes(b"half")
+    # A crash while reading: nothing reaches the destination.
+    calls = []
+    real = dl.shutil.copyfileobj
+
+    def crash_on_second(src, dst, *a):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(src, dst, *a)
+
+    monkeypatch.setattr(dl.shutil, "copyfileobj", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        _unpack(archive, root)
+    assert not (root / "d").exists()
+    monkeypatch.setattr(dl.shutil, "copyfileobj", real)
+    (stale / "x").mkdir(parents=True)  # as a killed process leaves it
+    (stale / "x" / "half.bin").write_bytes(b"half")
+    dest = _unpack(archive, root)
+    assert sorted(p.name for p in (dest / "x").iterdir()) == ["1.bin", "2.bin"]
+    assert not stale.exists()

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from petlbench.benchmarks.metrics.caption import FALLBACK_DEVIATION, coco_caption_unavailable
 from petlbench.benchmarks.suites import load_suite
 from petlbench.harness.cli import main
 from petlbench.harness.store import Store
@@ -56,7 +57,31 @@ def test_bench_run_prefix_on_ofa_smoke_trains_all_four_tasks(tmp_path):
         assert rec.result["cost"]["per_example"] > 0
         assert rec.provenance["data"]["loader"] == "ofa_smoke"
     assert records["snli_ve"].result["eval"]["inference"] == "allcand"
-    assert records["caption"].result["eval"]["extra"].keys() == {"bleu4", "cider", "meteor_exact"}
+    # coco-caption's scorers where pycocoevalcap and Java are installed, else the labelled fallback
+    official = coco_caption_unavailable() is None
+    caption = records["caption"].result["eval"]
+    bleu = {"bleu1", "bleu2", "bleu3", "bleu4"}
+    assert caption["extra"].keys() == bleu | {"cider", "meteor" if official else "meteor_exact"}
+    assert caption["caption_metrics"]["backend"] == ("coco" if official else "python")
+    fallback = [] if official else [FALLBACK_DEVIATION]
+    assert [d["id"] for d in caption["caption_metrics"]["deviations"]] == fallback
+    assert "spice" in caption["caption_metrics"]["skipped"] or "spice" in caption["extra"]
+
+
+def test_caption_run_without_coco_caption_names_the_python_fallback(tmp_path, monkeypatch):
+    from petlbench.benchmarks.metrics import caption as caption_metrics
+
+    monkeypatch.setattr(caption_metrics, "coco_caption_unavailable", lambda: "java is not on PATH")
+    store = tmp_path / "s.sqlite"
+    argv = ["run", "--method", "prefix", "--suite", "ofa-smoke", "--tasks", "caption", "--no-fgsm"]
+    assert main([*argv, "--store", str(store), "--protocol", "epochs=1"]) == 0
+    caption = _records(store)["caption"].result["eval"]
+    assert caption["caption_metrics"]["backend"] == "python"
+    assert "meteor_exact" in caption["extra"] and "meteor" not in caption["extra"]
+    assert "meteor" in caption["caption_metrics"]["skipped"]
+    (deviation,) = caption["caption_metrics"]["deviations"]
+    assert deviation["id"] == FALLBACK_DEVIATION and "java is not on PATH" in deviation["what"]
+    assert FALLBACK_DEVIATION in {d["id"] for d in _records(store)["caption"].result["deviations"]}
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):

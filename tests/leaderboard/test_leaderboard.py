@@ -288,12 +288,19 @@ def test_build_is_deterministic_and_independent_of_record_order(tmp_path):
     assert (tmp_path / "a" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_build_and_check_work_on_an_empty_records_folder(tmp_path):
+def test_an_empty_records_folder_is_refused_and_an_empty_leaderboard_still_renders(tmp_path, capsys):
+    from petlbench.leaderboard.build import render_all
+
     (tmp_path / "records").mkdir()
-    assert main(["leaderboard", "build", "--records", str(tmp_path / "records"), "--out", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == sorted(OUTPUTS)
-    assert "No measured results yet" in (tmp_path / "leaderboard.md").read_text()
-    assert main(["leaderboard", "check", "--records", str(tmp_path / "records"), "--dir", str(tmp_path)]) == 0
+    for verb, flag in (("build", "--out"), ("check", "--dir")):
+        argv = ["leaderboard", verb, "--records", str(tmp_path / "records"), flag, str(tmp_path / "lb")]
+        assert main(argv) == 2
+        assert "no run records in" in capsys.readouterr().err
+    assert not (tmp_path / "lb").exists()
+    doc = build_leaderboard([])
+    validate(doc)
+    files = render_all(doc)
+    assert sorted(files) == sorted(OUTPUTS) and b"No measured results yet" in files["leaderboard.md"]
 
 
 def test_stale_committed_files_make_check_fail(tmp_path, capsys):
@@ -355,10 +362,10 @@ def test_export_writes_sorted_json_lines_that_round_trip_and_merge(tmp_path, cap
     with Store(tmp_path / "t.sqlite") as store:
         for r in records[5:]:
             store.import_record(r)
-    count, _ = export_store(tmp_path / "t.sqlite", out)
-    assert count == 4 and len(load_records(out)) == 9
-    count, _ = export_store(tmp_path / "t.sqlite", out, replace=True)
-    assert len(load_records(out)) == 4
+    summary = export_store(tmp_path / "t.sqlite", out)
+    assert (summary.added, summary.kept, summary.replaced) == (4, 0, 0) and len(load_records(out)) == 9
+    summary = export_store(tmp_path / "t.sqlite", out, replace=True)
+    assert (summary.replaced, summary.dropped) == (4, 5) and len(load_records(out)) == 4
 
 
 def test_a_hand_edited_record_is_refused(tmp_path):

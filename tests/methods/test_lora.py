@@ -185,7 +185,7 @@ def test_trains_on_the_smoke_suite_and_beats_its_untrained_state(colors, backbon
 
 
 def test_bad_options_are_user_errors():
-    with pytest.raises(UserError, match="rank must be at least 1"):
+    with pytest.raises(UserError, match=r"rank must be in \[1, "):
         LoRA({"rank": 0})
     with pytest.raises(UserError, match="alpha"):
         LoRA({"alpha": -1})

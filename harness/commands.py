@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -657,6 +658,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         for col in ("task", "loader", "status", fetch_column):
             table.add_column(col, overflow="fold")
         missing = downloadable = 0
+        errors: list[str] = []
         for task in tasks:
             check = dc.check_task(task, args.data_root, None, decode=False, leakage=False)
             if check.skipped:
@@ -678,8 +680,9 @@ def cmd_data(args: argparse.Namespace) -> int:
                                 + " MiB"
                             ),
                         )
-                except UserError as err:
-                    notes.append(f"[red]{err}[/]")
+                except UserError as err:  # a failed download, a corrupt or malformed archive
+                    errors.append(f"{task.name}: {err}")
+                    notes.append("[red]download failed (see the error below)[/]")
                 check = dc.check_task(task, args.data_root, None, decode=False, leakage=False)
                 if check.ok:
                     table.add_row(task.name, task.loader, "[green]downloaded[/]", "; ".join(notes))
@@ -690,6 +693,10 @@ def cmd_data(args: argparse.Namespace) -> int:
             still = "; ".join([*notes, dc.how_to_get(task)])
             table.add_row(task.name, task.loader, f"[red]missing[/]: {problem}", still)
         out.print(table)
+        if errors:  # what the user must fix before anything else: one line each, exit 2
+            for line in errors:
+                print(f"error: {line}", file=sys.stderr)
+            return 2
         if missing:
             hint = (
                 f" ({downloadable} of them can be downloaded: add --download on a machine with a network)"

@@ -403,3 +403,16 @@ def test_jobs_2_stores_the_same_numbers_as_jobs_1(tmp_path, capsys):
         assert x.metrics == y.metrics
         assert [h["loss"] for h in x.result["history"]] == [h["loss"] for h in y.result["history"]]
         assert x.result["robustness"] == y.result["robustness"]
+
+
+def test_data_prepare_with_a_corrupt_archive_is_one_line(tmp_path, capsys):
+    """A garbage archive where `data prepare --download` finds its download (no network is used:
+    a complete download is reused): one line naming it, exit 2."""
+    downloads = tmp_path / ".downloads"
+    downloads.mkdir()
+    (downloads / "dtd-r1.0.1.tar.gz").write_bytes(os.urandom(4096))
+    argv = ["data", "prepare", "--suite", "fewshot11", "--tasks", "dtd", "--data-root", str(tmp_path)]
+    capsys.readouterr()
+    assert main([*argv, "--download"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: dtd:") and "dtd-r1.0.1.tar.gz" in err[0], err

@@ -237,10 +237,14 @@ class GenerativeTask:
             return [e.meta["answers"] for e in examples]
         return [e.meta["refs"] for e in examples]
 
-    def score(self, preds: Sequence[Any], examples: Sequence[OFAExample]) -> float:
+    def score(
+        self, preds: Sequence[Any], examples: Sequence[OFAExample], report: CaptionReport | None = None
+    ) -> float:
+        """The task metric; for captions coco-caption's own scorers where they can run (``report``:
+        the split's :meth:`caption_report` when the caller has it, so it is not computed twice)."""
         refs = self.references(examples)
-        if self.task == "caption":  # coco-caption's own scorers where they can run
-            scores = caption_scores(list(preds), refs, spice=False).scores
+        if self.task == "caption":
+            scores = (report or caption_scores(list(preds), refs, spice=False)).scores
             if self.metric_name in scores:
                 return scores[self.metric_name]
         return float(self.metric(list(preds), refs))
@@ -283,10 +287,10 @@ def sequence_loss(
     return loss[keep].mean()
 
 
-def evaluate_split(
+def predict_split(
     model: OFAGenerator, task: GenerativeTask, examples: ExampleSet, device: torch.device, batch_size: int
-) -> tuple[float, list[Any]]:
-    """(metric, predictions) of a whole split, in eval mode."""
+) -> list[Any]:
+    """Predictions for a whole split, in eval mode."""
     was_training = model.training
     model.eval()
     preds: list[Any] = []
@@ -296,6 +300,14 @@ def evaluate_split(
             preds += task.predict(model, task.collate(exs, device))
     finally:
         model.train(was_training)
+    return preds
+
+
+def evaluate_split(
+    model: OFAGenerator, task: GenerativeTask, examples: ExampleSet, device: torch.device, batch_size: int
+) -> tuple[float, list[Any]]:
+    """(metric, predictions) of a whole split, in eval mode."""
+    preds = predict_split(model, task, examples, device, batch_size)
     return task.score(preds, [examples[i] for i in range(len(examples))]), preds
 
 
@@ -429,14 +441,15 @@ def run_seq2seq(
         )
         result.update(trained)
     selection_score = evaluate_split(model, task, selection, device, bs)[0]
+    examples = [final[i] for i in range(len(final))]
+    unanswered = task.unanswered(examples)
     with PeakMemory(device) as eval_peak:
         t0 = time.perf_counter()
-        final_score, preds = evaluate_split(model, task, final, device, bs)
+        preds = predict_split(model, task, final, device, bs)
+        report = None if unanswered else task.caption_report(preds, examples)
+        final_score = task.score(preds, examples, report)  # the caption report's, not a second run
         eval_time = time.perf_counter() - t0
-    examples = [final[i] for i in range(len(final))]
     split_key = protocol.selection_split if searching else protocol.eval_split
-    unanswered = task.unanswered(examples)
-    report = None if unanswered else task.caption_report(preds, examples)
     metrics = {selection_key: selection_score}
     if not unanswered:
         metrics[task.metric_name] = final_score

@@ -80,13 +80,19 @@ _WORKER_RUNNERS: dict[tuple[str, str | None, str, str | None], Runner] = {}
 
 
 def _compute_in_worker(
-    suite: Suite, spec: RunSpec, data_root: str | None, device: str, checkpoint_dir: str | None
+    suite: Suite,
+    spec: RunSpec,
+    data_root: str | None,
+    device: str,
+    checkpoint_dir: str | None,
+    threads: int = 1,
 ) -> ComputedRun:
-    """One run in a pool worker process; the worker keeps its Runner (and so the decoded task data)
-    for the next spec of the same suite."""
+    """One run in a worker process (a pool worker or a Ray worker: a module-level function, so it
+    ships by reference). The worker keeps its Runner, and so the decoded task data, for the next spec
+    of the same suite."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, threads))
     key = (suite.sha256, data_root, device, checkpoint_dir)
     runner = _WORKER_RUNNERS.get(key)
     if runner is None:
@@ -177,23 +183,6 @@ class PoolExecutor(Executor):
         return out
 
 
-def _compute_remote(
-    suite: Suite, spec: RunSpec, data_root: str | None, device: str, checkpoint_dir: str | None, threads: int
-) -> ComputedRun:
-    """One run in a Ray worker (a module-level function, so Ray can ship it by reference)."""
-    import torch
-
-    torch.set_num_threads(max(1, threads))
-    runner = Runner(
-        None,
-        suite,
-        data_root=Path(data_root) if data_root else None,
-        device=device,
-        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
-    )
-    return runner.compute(spec)
-
-
 class RayExecutor(Executor):
     def __init__(
         self,
@@ -225,7 +214,7 @@ class RayExecutor(Executor):
             gpus_per_run = 1.0 if runner.device.type == "cuda" else 0.0
         self.options = {"num_cpus": cpus_per_run, "num_gpus": gpus_per_run, "max_retries": max_retries}
         self.threads = max(1, int(cpus_per_run))
-        self._remote = ray.remote(_compute_remote)
+        self._remote = ray.remote(_compute_in_worker)
 
     def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunDone]:
         ray, runner = self.ray, self.runner

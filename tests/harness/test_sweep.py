@@ -163,7 +163,7 @@ def test_a_killed_ray_worker_is_retried_and_each_spec_is_stored_once(tmp_path, r
         while time.time() < deadline and not killed:
             ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
             for line in ps.splitlines():
-                if "ray::_compute_remote" in line:
+                if "ray::_compute_in_worker" in line:
                     time.sleep(1.0)  # mid-run
                     pid = int(line.split()[0])
                     try:

@@ -137,8 +137,8 @@ def run_sweep(
     common = {"tasks": tasks, "pretrained": pretrained}
     # Everything the sweep runs is planned before its first run (final seeds here, every search
     # point below), so a bad name or value is one line before anything trains.
-    for method in methods:
-        plan_runs(
+    planned_finals = {
+        method: plan_runs(
             method,
             suite,
             backbones=backbones,
@@ -147,7 +147,9 @@ def run_sweep(
             protocol_overrides=base_protocol,
             measure=dict(measure or {}),
             **common,
-        )
+        )[0]
+        for method in methods
+    }
 
     cells: dict[tuple[str, str, str], Cell] = {}
     phases: dict[str, list[dict[str, list[Any]]]] = {}
@@ -215,16 +217,7 @@ def run_sweep(
     search_info: dict[str, dict[str, Any]] = {}
     for method in methods:
         if space is None:
-            final_specs += plan_runs(
-                method,
-                suite,
-                backbones=backbones,
-                seeds=seed_list,
-                method_config=base_config,
-                protocol_overrides=base_protocol,
-                measure=dict(measure or {}),
-                **common,
-            )[0]
+            final_specs += planned_finals[method]  # the fixed protocol: as planned up front
             continue
         for key, cell in cells.items():
             if key[0] != method or cell.best_score is None:

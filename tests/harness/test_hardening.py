@@ -127,38 +127,36 @@ def test_pretrain_out_on_a_file(tmp_path, capsys):
 # ----- stores that are not ours, or of another schema ---------------------------------------------
 
 
-def _foreign(path: Path) -> None:
+def _sql(path: Path, *statements: str | tuple[str, tuple]) -> None:
+    """Write to a store file behind the Store's back (what another tool, or an old version, did)."""
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE notes (x)")
+    for statement in statements:
+        sql, params = statement if isinstance(statement, tuple) else (statement, ())
+        db.execute(sql, params)
     db.commit()
     db.close()
+
+
+def _foreign(path: Path) -> None:
+    _sql(path, "CREATE TABLE notes (x)")
 
 
 def _other_schema(path: Path) -> None:
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE runs (run_id TEXT)")
-    db.execute("PRAGMA user_version = 9")
-    db.commit()
-    db.close()
+    _sql(path, "CREATE TABLE runs (run_id TEXT)", "PRAGMA user_version = 9")
 
 
 def _extra_column(path: Path) -> None:
     Store(path).close()
-    db = sqlite3.connect(path)
-    db.execute("ALTER TABLE runs ADD COLUMN colour TEXT")
-    db.commit()
-    db.close()
+    _sql(path, "ALTER TABLE runs ADD COLUMN colour TEXT")
 
 
 def _bad_spec_json(path: Path) -> None:
     Store(path).close()
-    db = sqlite3.connect(path)
-    db.execute(
+    _sql(
+        path,
         "INSERT INTO runs (run_id, spec, method, backbone, suite, task, seed, status) "
-        "VALUES ('abc', '{not json', 'm', 'b', 's', 't', 1, 'finished')"
+        "VALUES ('abc', '{not json', 'm', 'b', 's', 't', 1, 'finished')",
     )
-    db.commit()
-    db.close()
 
 
 def _garbage(path: Path) -> None:
@@ -193,17 +191,17 @@ def test_a_schema_1_store_is_upgraded_in_place(tmp_path):
     from petlbench.harness.store import COLUMNS
 
     path = tmp_path / "old.sqlite"
-    db = sqlite3.connect(path)
     cols = ", ".join(f"{c} TEXT" for c in COLUMNS[:-2]).replace("attempts TEXT", "attempts INTEGER")
-    db.execute(f"CREATE TABLE runs ({cols})")
     spec = _spec()
-    db.execute(
-        "INSERT INTO runs (run_id, spec, method, backbone, suite, task, seed, status, metrics, attempts) "
-        "VALUES (?, ?, 'linear', 'tiny-vit', 'smoke', 'digits', 1, 'finished', '{\"accuracy\": 1.0}', 1)",
-        (spec.run_id, spec.canonical_json()),
+    _sql(
+        path,
+        f"CREATE TABLE runs ({cols})",
+        (
+            "INSERT INTO runs (run_id, spec, method, backbone, suite, task, seed, status, metrics, attempts) "
+            "VALUES (?, ?, 'linear', 'tiny-vit', 'smoke', 'digits', 1, 'finished', '{\"accuracy\": 1.0}', 1)",
+            (spec.run_id, spec.canonical_json()),
+        ),
     )
-    db.commit()
-    db.close()
     with Store(path) as store:
         (rec,) = store.records()
         assert rec.status == rec.state == "finished" and rec.metrics == {"accuracy": 1.0}
@@ -226,10 +224,8 @@ def test_a_dead_owners_claim_is_interrupted_and_taken_over(tmp_path):
     spec = _spec()
     with Store(path) as store:
         assert store.claim(spec, {}) == "claimed"
-    db = sqlite3.connect(path)  # the owner died: a pid that is not running on this host
-    db.execute("UPDATE runs SET owner = ?", (f"{os.uname().nodename}:999999999:dead",))
-    db.commit()
-    db.close()
+    # the owner died: a pid that is not running on this host
+    _sql(path, ("UPDATE runs SET owner = ?", (f"{os.uname().nodename}:999999999:dead",)))
     with Store(path) as store:
         (rec,) = store.records()
         assert rec.status == "running" and rec.state == "interrupted"
@@ -244,10 +240,7 @@ def test_a_live_claim_is_busy_for_a_second_store_and_a_stale_heartbeat_is_not(tm
     with Store(path) as first, Store(path) as second:
         assert first.claim(spec, {}) == "claimed"
         assert second.claim(spec, {}) == "busy"
-        db = sqlite3.connect(path)
-        db.execute("UPDATE runs SET heartbeat_at = '2000-01-01T00:00:00+00:00'")
-        db.commit()
-        db.close()
+        _sql(path, "UPDATE runs SET heartbeat_at = '2000-01-01T00:00:00+00:00'")
         assert first.records()[0].state == "interrupted"
         assert second.claim(spec, {}) == "claimed"
 

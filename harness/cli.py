@@ -128,16 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
             help="attack at most this many test examples (default %(default)s)",
         )
 
+    me = sub.add_parser("methods", help="list registered methods; with NAME, a method's options")
+    me.add_argument(
+        "name", nargs="?", help="a method: its paper, needs, options with defaults, ranges and help"
+    )
     for name, text in (
-        ("methods", "registered methods"),
         ("suites", "available suites"),
         ("backbones", "registered backbones"),
     ):
         sub.add_parser(name, help=f"list {text}")
 
-    s = sub.add_parser("show", help="show one stored run")
+    s = sub.add_parser("show", help="summarise one stored run (--json: the raw record)")
     s.add_argument("run", help="a run id or a unique prefix of one")
     s.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    s.add_argument("--json", action="store_true", help="print the whole stored record as JSON")
     s.add_argument(
         "--plot",
         type=Path,

@@ -246,6 +246,9 @@ def _print_results(outcomes: list[Any], store: Path) -> None:
 def cmd_methods(args: argparse.Namespace) -> int:
     from petlbench.methods.registry import method_entries
 
+    if getattr(args, "name", None):
+        return _method_detail(args.name)
+
     table = Table(title="methods")
     for col in ("name", "family", "towers", "backbones", "paper", "source"):
         table.add_column(col)
@@ -264,6 +267,39 @@ def cmd_methods(args: argparse.Namespace) -> int:
         table.add_row(entry.name, *row, source)
     out.print(table)
     return 0
+
+
+def _method_detail(name: str) -> int:
+    """``bench methods NAME``: what the method is, what it needs, and every option with its default,
+    declared range and help."""
+    from petlbench.methods.registry import get_method, method_options
+
+    cls = get_method(name)
+    _plain(f"{cls.name}: {cls.paper or '(no paper)'}")
+    kinds = ",".join(cls.backbone_kinds or ("any",))
+    _plain(
+        f"family {cls.family}; towers {','.join(cls.towers) or '-'}; backbones {kinds}; head {cls.head}; "
+        f"{'trains' if cls.trains else 'training-free'}"
+    )
+    for dev in cls.deviations:
+        _plain(f"deviation {dev.get('id')}: {dev.get('what', '')}")
+    options = method_options(cls)
+    _plain(f"options (--set KEY=VALUE){':' if options else ': none'}")
+    for opt in options:
+        limits = f"  in [{_bound(opt.limits[0])}, {_bound(opt.limits[1])}]" if opt.limits else ""
+        _plain(f"  {opt.name}: {opt.type} = {opt.default!r}{limits}")
+        if opt.help:
+            _plain(f"      {opt.help}")
+    return 0
+
+
+def _plain(text: str) -> None:
+    """A line of stdout as written: no markup, no highlighting, no wrapping at the console width."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _bound(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
 
 
 def cmd_suites(args: argparse.Namespace) -> int:
@@ -308,25 +344,27 @@ def _open_store(path: Path) -> Any:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from .show import summary_lines
+
     store = _open_store(args.store)
     rec = store.resolve(args.run)
-    out.print_json(
-        json.dumps(
-            {
-                "run_id": rec.run_id,
-                "status": rec.state,
-                "owner": rec.owner,
-                "heartbeat_at": rec.heartbeat_at,
-                "spec": rec.spec.to_dict(),
-                "metrics": rec.metrics,
-                "result": rec.result,
-                "provenance": rec.provenance,
-                "error": rec.error,
-                "wall_time_s": rec.wall_time_s,
-            },
-            default=str,
-        )
-    )
+    record = {
+        "run_id": rec.run_id,
+        "status": rec.state,
+        "owner": rec.owner,
+        "heartbeat_at": rec.heartbeat_at,
+        "spec": rec.spec.to_dict(),
+        "metrics": rec.metrics,
+        "result": rec.result,
+        "provenance": rec.provenance,
+        "error": rec.error,
+        "wall_time_s": rec.wall_time_s,
+    }
+    if args.json:
+        out.print_json(json.dumps(record, default=str))
+    else:
+        for line in summary_lines(record):
+            _plain(line)
     if args.plot is not None:
         from petlbench.methods.registry import get_method
 
@@ -372,25 +410,59 @@ def cmd_robust(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    """The store's runs, one row each; on a terminal a table, elsewhere tab-separated lines (a header,
+    then one line per run) that scripts can read and that no console width wraps."""
+    from .show import format_point, grid_point
+
     store = _open_store(args.store)
-    table = Table(title=f"runs in {args.store}")
-    for col in ("run id", "status", "method", "backbone", "suite", "task", "seed", "metric"):
-        table.add_column(col)
+    columns = (
+        *("run id", "status", "method", "backbone", "suite", "task", "seed"),
+        *("stage", "grid point", "metric"),
+    )
+    rows = []
+    defaults: dict[str, dict[str, Any] | None] = {}
     for rec in store.records(method=args.method, suite=args.suite):
         metric = (rec.result or {}).get("metric", "accuracy")
         value = (rec.metrics or {}).get(metric)
-        table.add_row(
-            rec.run_id[:12],
-            rec.state,
-            rec.method,
-            rec.backbone,
-            rec.suite,
-            rec.task,
-            str(rec.seed),
-            f"{value:.2f}" if isinstance(value, float) else "-",
+        if rec.method not in defaults:
+            defaults[rec.method] = _method_defaults(rec.method)
+        rows.append(
+            (
+                rec.run_id[:12],
+                rec.state,
+                rec.method,
+                rec.backbone,
+                rec.suite,
+                rec.task,
+                str(rec.seed),
+                rec.spec.stage,
+                format_point(grid_point(rec.spec.to_dict(), defaults[rec.method])),
+                f"{value:.2f}" if isinstance(value, float) else "-",
+            )
         )
-    out.print(table)
+    if out.is_terminal:
+        table = Table(title=f"runs in {args.store}")
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+    else:
+        for row in (columns, *rows):
+            sys.stdout.write("\t".join(row) + "\n")  # rich would expand the tabs
     return 0
+
+
+def _method_defaults(name: str) -> dict[str, Any] | None:
+    """A registered method's default options (None when it is not installed here)."""
+    import dataclasses
+
+    from petlbench.methods.registry import get_method
+
+    try:
+        return dataclasses.asdict(get_method(name).Config())
+    except UserError:
+        return None
 
 
 def cmd_perf(args: argparse.Namespace) -> int:

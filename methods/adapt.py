@@ -470,6 +470,35 @@ def context_length_series(describe: dict[str, Any]) -> dict[str, list[int]]:
     return {branch: [int(sum(row)) for row in mask] for branch, mask in masks.items()}
 
 
+def mask_snapshots(describe: dict[str, Any], count: int = 4) -> list[tuple[int, dict[str, list[list[int]]]]]:
+    """The binary masks of every branch at up to ``count`` points of the pruning process (the paper's
+    Figure 3): before the first pruning step, evenly spaced pruning steps, and the last one, rebuilt
+    from the recorded prune history (``[step, branch, layer, token]``) over all-active masks.
+
+    Each entry is (training step, masks). When there is no history, or the history does not rebuild
+    the stored final masks (a record from before the history was kept), only the final masks are
+    returned, at the last step run."""
+    final = describe.get("masks") or {}
+    history = [tuple(int(v) if i != 1 else v for i, v in enumerate(h)) for h in describe.get("pruned") or []]
+    last = int(describe.get("steps_run", 0))
+    if not history:
+        return [(last, final)]
+    current = {b: [[1] * len(row) for row in mask] for b, mask in final.items()}
+    steps = sorted({h[0] for h in history})
+    wanted = {steps[round(i * (len(steps) - 1) / max(1, count - 2))] for i in range(max(1, count - 1))}
+    snapshots = [(0, {b: [row[:] for row in m] for b, m in current.items()})]
+    for step in steps:
+        for _, branch, layer, token in (h for h in history if h[0] == step):
+            if branch not in current or layer >= len(current[branch]) or token >= len(current[branch][layer]):
+                return [(last, final)]
+            current[branch][layer][token] = 0
+        if step in wanted:
+            snapshots.append((step, {b: [row[:] for row in m] for b, m in current.items()}))
+    if current != final:
+        return [(last, final)]
+    return snapshots
+
+
 def _pruning_steps(describe: dict[str, Any]) -> int:
     if "pruning_steps" in describe:
         return int(describe["pruning_steps"])
@@ -479,7 +508,8 @@ def _pruning_steps(describe: dict[str, Any]) -> int:
 def draw_context_lengths(describe: dict[str, Any]) -> tuple[Any, dict[str, list[int]]]:
     """Draw the paper's Figure 3 from :meth:`Adapt.describe`: the final per-layer context lengths of
     every branch (layers on x, active tokens on y, one bar series per branch, with a legend) above
-    one heat map of each branch's binary mask (rows = layers, columns = token index; dark = active),
+    each branch's binary mask (rows = layers, columns = token index; dark = active) at points of the
+    pruning process (:func:`mask_snapshots`: before pruning, evenly spaced pruning steps, the end),
     titled with the active total, the target and the number of pruning steps.
 
     Returns the figure and the series as drawn (bar heights read back from the axes), per branch.
@@ -499,8 +529,10 @@ def draw_context_lengths(describe: dict[str, Any]) -> tuple[Any, dict[str, list[
     series = context_length_series(describe)
     depth = max(len(v) for v in series.values())
     xi = max((len(mask[0]) for mask in masks.values() if mask), default=1)
-    fig = plt.figure(figsize=(max(6.0, 0.45 * depth * len(series) + 2.0), 7.5))
-    grid = fig.add_gridspec(2, len(masks), height_ratios=[1.3, 1.0])
+    snapshots = mask_snapshots(describe)
+    fig_width = max(6.0, 0.45 * depth * len(series) + 2.0, 2.6 * len(snapshots))
+    fig = plt.figure(figsize=(fig_width, 4.0 + 2.4 * len(masks)))
+    grid = fig.add_gridspec(1 + len(masks), len(snapshots), height_ratios=[1.3] + [1.0] * len(masks))
     bars_ax = fig.add_subplot(grid[0, :])
     width = 0.8 / len(series)
     containers = {}
@@ -517,18 +549,19 @@ def draw_context_lengths(describe: dict[str, Any]) -> tuple[Any, dict[str, list[
     bars_ax.set_ylim(0, xi + 0.5)
     bars_ax.set_xlabel("layer (prompt depth)")
     bars_ax.set_ylabel("active context tokens")
+    bars_ax.yaxis.get_major_locator().set_params(integer=True)
     bars_ax.legend(loc="upper right", fontsize=8)
-    for col, (branch, mask) in enumerate(masks.items()):
-        ax = fig.add_subplot(grid[1, col])
-        values = torch.tensor(mask, dtype=torch.float32).reshape(len(mask), -1)
-        ax.imshow(values.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-        ax.set_title(f"{branch} mask M(t)", fontsize=9)
-        ax.set_xlabel("token index")
-        ax.set_ylabel("layer")
-        ax.set_xticks(range(values.shape[1]))
-        ax.set_yticks(range(values.shape[0]))
-        ax.set_yticklabels([str(i + 1) for i in range(values.shape[0])])
-        ax.tick_params(labelsize=6)
+    for row, branch in enumerate(masks, start=1):  # rows: branches; columns: points of the pruning
+        for col, (step, snapshot) in enumerate(snapshots):
+            ax = fig.add_subplot(grid[row, col])
+            values = torch.tensor(snapshot[branch], dtype=torch.float32).reshape(len(snapshot[branch]), -1)
+            ax.imshow(values.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+            ax.set_title(f"{branch} M(t), step {step}: {int(values.sum())} active", fontsize=8)
+            ax.set_xlabel("token index", fontsize=7)
+            ax.set_ylabel("layer", fontsize=7)
+            ax.set_yticks(range(values.shape[0]))
+            ax.set_yticklabels([str(i + 1) for i in range(values.shape[0])])
+            ax.tick_params(labelsize=6)
     total = describe.get("active_total", sum(sum(v) for v in series.values()))
     target = describe.get("target_tokens")
     reached = describe.get("reached_target", target is not None and total <= target)

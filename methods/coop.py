@@ -56,7 +56,7 @@ class CoOpConfig:
     csc: bool = False  # class-specific context (C, M, d) instead of a unified (M, d)
     class_token_position: str = "end"  # end | middle | front
     template: str = "{}."  # text around the class slot "{}" (the reference: "{}.")
-    init_std: float = 0.02
+    init_std: float = 0.02  # std of the random context vectors (CoOp's normal init)
 
 
 def _token_count(backbone: Backbone, texts: Sequence[str]) -> list[int]:

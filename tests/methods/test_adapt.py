@@ -462,3 +462,41 @@ def test_bad_options_are_user_errors():
     with pytest.raises(UserError, match="no option"):
         Adapt({"tokens": 3})
     assert Adapt({"target_tokens": "32", "score": "grad"}).config.target_tokens == 32
+
+
+def test_mask_snapshots_rebuild_the_pruning_process_of_a_committed_run(tmp_path):
+    """The committed micro-CLIP Adapt cell (colors-16shot, seed 1) pruned 112 -> 37 tokens in 19
+    steps; the snapshots start all-active, lose tokens monotonically and end at the stored masks."""
+    import json
+    from pathlib import Path
+
+    from petlbench.methods.adapt import mask_snapshots
+
+    records = Path(__file__).resolve().parents[2] / "leaderboard" / "records" / "mini.jsonl"
+    (facts,) = [
+        json.loads(line)["result"]["method"]
+        for line in records.read_text().splitlines()
+        if json.loads(line)["run_id"] == "bc678c55d955ba84"
+    ]
+    snapshots = mask_snapshots(facts)
+    assert len(snapshots) == 4 and snapshots[0][0] == 0
+    active = [sum(sum(row) for mask in masks.values() for row in mask) for _, masks in snapshots]
+    assert active[0] == facts["initial_tokens"] == 112 and active[-1] == facts["active_total"] == 37
+    assert active == sorted(active, reverse=True) and len(set(active)) == 4
+    assert snapshots[-1][1] == facts["masks"]
+    steps = [step for step, _ in snapshots]
+    assert steps == sorted(steps) and steps[-1] == max(h[0] for h in facts["pruned"])
+    # a history that does not rebuild the final masks: only the final masks, never a wrong picture
+    broken = {**facts, "pruned": facts["pruned"][:-1]}
+    assert mask_snapshots(broken) == [(facts["steps_run"], facts["masks"])]
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    fig, drawn = draw_context_lengths(facts)
+    try:
+        assert drawn == facts["context_lengths"]
+        titles = [ax.get_title() for ax in fig.axes[1:]]
+        assert len(titles) == 2 * 4  # two branches x four points of the pruning process
+        assert titles[0] == "image M(t), step 0: 64 active" and titles[4].startswith("text M(t), step 0: 48")
+    finally:
+        plt.close(fig)

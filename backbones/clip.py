@@ -177,7 +177,7 @@ def build_open_clip(name: str, arch: str, pretrained: str | None) -> ClipBackbon
         raise UserError(
             f"could not load open_clip {arch!r} with pretrained={pretrained!r}: {exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}. Weights come from the Hugging Face hub and "
-            "are cached on first use; run once with network access, or use --pretrained none for random "
+            "are cached on first use; run once with network access, or pass --random-init for random "
             "weights"
         ) from None
     size = model.visual.image_size

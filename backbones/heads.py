@@ -54,9 +54,6 @@ class TextClassifierHead(nn.Module):
         self.register_buffer("token_ids", backbone.tokenize(self.prompt_texts), persistent=False)
         self._cache: torch.Tensor | None = None
 
-    def invalidate(self) -> None:
-        self._cache = None
-
     def _compute(self) -> torch.Tensor:
         feats = F.normalize(self.backbone.encode_text(self.token_ids), dim=-1)
         feats = feats.view(len(self.class_names), len(self.templates), -1).mean(dim=1)

@@ -32,17 +32,28 @@ MICRO_CLIP = {
 MICRO_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4}
 
 
-def _vocabulary() -> list[str]:
-    from petlbench.benchmarks.synthetic.world import vocabulary
+def shipped_vocabulary(weights_dir: Path | None = None) -> list[str]:
+    """micro-clip's word vocabulary, part of the model like its weights: read from the weights'
+    record (written by ``bench pretrain`` from the synthetic world), so the backbone never imports
+    the benchmark data (DESIGN section 2: backbones depend on no benchmark)."""
+    path = (weights_dir or WEIGHTS_DIR) / "micro-clip.json"
+    try:
+        words = json.loads(path.read_text())["vocabulary"]
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(
+            f"{path}: no micro-clip vocabulary ({err}); recreate it with `bench pretrain micro-clip`"
+        ) from None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise UserError(f"{path}: the vocabulary must be a list of words")
+    return words
 
-    return vocabulary()
 
-
-def micro_clip_model(seed: int = 0) -> torch.nn.Module:
-    """The raw open_clip model (trainable), randomly initialised under ``seed``."""
+def micro_clip_model(seed: int = 0, vocabulary: list[str] | None = None) -> torch.nn.Module:
+    """The raw open_clip model (trainable), randomly initialised under ``seed``; ``vocabulary``
+    defaults to the shipped one."""
     from open_clip.model import CLIP
 
-    tokenizer = micro_tokenizer()
+    tokenizer = micro_tokenizer(vocabulary)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -56,8 +67,9 @@ def micro_clip_model(seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def micro_tokenizer() -> WordTokenizer:
-    return WordTokenizer(_vocabulary(), MICRO_CLIP["text"]["context_length"])
+def micro_tokenizer(vocabulary: list[str] | None = None) -> WordTokenizer:
+    words = shipped_vocabulary() if vocabulary is None else vocabulary
+    return WordTokenizer(words, MICRO_CLIP["text"]["context_length"])
 
 
 def micro_vit_model(num_classes: int = 0, seed: int = 0) -> torch.nn.Module:
@@ -72,8 +84,10 @@ def micro_vit_model(num_classes: int = 0, seed: int = 0) -> torch.nn.Module:
     return vit
 
 
-def wrap_micro_clip(name: str, model: torch.nn.Module, config: dict[str, Any]) -> ClipBackbone:
-    return ClipBackbone(name, model, image_size=32, config=config, tokenizer=micro_tokenizer())
+def wrap_micro_clip(
+    name: str, model: torch.nn.Module, config: dict[str, Any], vocabulary: list[str] | None = None
+) -> ClipBackbone:
+    return ClipBackbone(name, model, image_size=32, config=config, tokenizer=micro_tokenizer(vocabulary))
 
 
 def wrap_micro_vit(name: str, vit: torch.nn.Module, config: dict[str, Any]) -> TimmViTBackbone:
@@ -106,10 +120,6 @@ def load_weights(
     if digest != record["sha256"]:
         raise UserError(f"{path} has sha256 {digest[:12]}..., its record says {record['sha256'][:12]}...")
     return load_file(str(path)), record
-
-
-def _provenance(record: dict[str, Any]) -> dict[str, Any]:
-    return {"pretrained": "synthetic world", "weights_sha256": record["sha256"], "world": record["world"]}
 
 
 def build_micro_clip(name: str, pretrained: bool) -> ClipBackbone:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from petlbench.errors import UserError
 
@@ -21,48 +19,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
-def _csv(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
-def _seeds(value: str | None) -> list[int] | None:
-    items = _csv(value)
-    if items is None:
-        return None
-    try:
-        return [int(v) for v in items]
-    except ValueError:
-        raise UserError(f"--seeds takes integers separated by commas, not {value!r}") from None
-
-
-def _assignments(values: Sequence[str] | None, flag: str) -> dict[str, Any]:
-    """Parse ``key=value`` pairs; values are read as JSON when they parse, else kept as strings."""
-    out: dict[str, Any] = {}
-    for item in values or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"{flag} takes key=value, not {item!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
-def _epsilons(value: str) -> list[float]:
-    """Parse '1/255,0.01' into floats."""
-    out = []
-    for item in _csv(value) or []:
-        num, sep, den = item.partition("/")
-        try:
-            out.append(float(num) / float(den) if sep else float(num))
-        except (ValueError, ZeroDivisionError):
-            raise UserError(f"--fgsm-eps takes numbers or fractions like 8/255, not {item!r}") from None
-        if out[-1] < 0:
-            raise UserError(f"--fgsm-eps must be non-negative, not {item!r}")
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:

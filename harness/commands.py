@@ -16,7 +16,7 @@ from rich.table import Table
 
 from petlbench.errors import UserError
 
-from .cli import _assignments, _csv, _epsilons, _seeds
+from .arguments import assignments, csv_list, epsilons, seed_list
 
 console = Console(stderr=True)
 out = Console()
@@ -34,15 +34,15 @@ def _planned(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     specs, notes = plan_runs(
         args.method,
         suite,
-        backbones=_csv(args.backbone),
-        tasks=_csv(args.tasks),
-        seeds=_seeds(args.seeds),
-        method_config=_assignments(args.method_options, "--set"),
-        protocol_overrides=_assignments(args.protocol_options, "--protocol"),
+        backbones=csv_list(args.backbone),
+        tasks=csv_list(args.tasks),
+        seeds=seed_list(args.seeds),
+        method_config=assignments(args.method_options, "--set"),
+        protocol_overrides=assignments(args.protocol_options, "--protocol"),
         pretrained=not args.random_init,
         measure={}
         if args.no_fgsm
-        else {"fgsm": {"epsilons": _epsilons(args.fgsm_eps), "max_examples": args.fgsm_examples}},
+        else {"fgsm": {"epsilons": epsilons(args.fgsm_eps), "max_examples": args.fgsm_examples}},
     )
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")
@@ -389,7 +389,7 @@ def cmd_robust(args: argparse.Namespace) -> int:
         checkpoint_dir=args.store.parent / "checkpoints",
     )
     with console.status(f"FGSM on run {record.run_id}"):
-        measured = runner.remeasure_robustness(record.run_id, _epsilons(args.fgsm_eps), args.fgsm_examples)
+        measured = runner.remeasure_robustness(record.run_id, epsilons(args.fgsm_eps), args.fgsm_examples)
     table = Table(title=f"FGSM robustness of {record.run_id} ({record.method} on {record.task})")
     for col in ("epsilon", "epsilon x 255", "accuracy", "drop", "max |delta|"):
         table.add_column(col, justify="right")
@@ -474,7 +474,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
         perf = measure_perf(
             args.method,
             args.backbone,
-            method_config=_assignments(args.method_options, "--set"),
+            method_config=assignments(args.method_options, "--set"),
             batch_size=args.batch_size,
             steps=args.steps,
             device=device,
@@ -554,7 +554,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UserError(f"--data-root {args.data_root} is not a folder")
     if suite.needs_data_root and args.data_root is None:
         raise UserError(f"suite {suite.name!r} reads datasets from disk: pass --data-root FOLDER")
-    methods = _csv(args.methods) or []
+    methods = csv_list(args.methods) or []
     if not methods:
         raise UserError("--methods names no method")
     grid = parse_grid(args.grid)
@@ -602,7 +602,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     measure = (
         {}
         if args.no_fgsm
-        else {"fgsm": {"epsilons": _epsilons(args.fgsm_eps), "max_examples": args.fgsm_examples}}
+        else {"fgsm": {"epsilons": epsilons(args.fgsm_eps), "max_examples": args.fgsm_examples}}
     )
     # The live table only on a terminal, started with the first finished run (so an error before
     # any run is one line); elsewhere one line per finished run.
@@ -628,14 +628,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             suite,
             executor,
             methods,
-            backbones=_csv(args.backbone),
-            tasks=_csv(args.tasks),
-            seeds=_seeds(args.seeds),
+            backbones=csv_list(args.backbone),
+            tasks=csv_list(args.tasks),
+            seeds=seed_list(args.seeds),
             grid=grid,
             search=not args.no_search,
             search_seed=args.search_seed,
-            method_config=_assignments(args.method_options, "--set"),
-            protocol_overrides=_assignments(args.protocol_options, "--protocol"),
+            method_config=assignments(args.method_options, "--set"),
+            protocol_overrides=assignments(args.protocol_options, "--protocol"),
             pretrained=not args.random_init,
             measure=measure,
             on_event=on_event,
@@ -721,7 +721,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     if not args.data_root.is_dir():
         raise UserError(f"--data-root {args.data_root} is not a folder")
-    tasks = [suite.task(t) for t in _csv(args.tasks)] if args.tasks else list(suite.tasks)
+    tasks = [suite.task(t) for t in csv_list(args.tasks)] if args.tasks else list(suite.tasks)
     if args.data_command == "prepare":
         from . import data_download as dl
 

@@ -126,8 +126,8 @@ def pretrain(
     check_pretrain_args(name, out_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     torch.manual_seed(seed)
     if name == "micro-clip":
-        raw: nn.Module = micro.micro_clip_model(seed)
-        backbone: Backbone = micro.wrap_micro_clip(name, raw, {"arch": name})
+        raw: nn.Module = micro.micro_clip_model(seed, world.vocabulary())
+        backbone: Backbone = micro.wrap_micro_clip(name, raw, {"arch": name}, world.vocabulary())
         head = None
     else:
         raw = micro.micro_vit_model(seed=seed)
@@ -138,7 +138,7 @@ def pretrain(
     trainable = nn.ModuleList([raw] + ([head] if head is not None else []))
     optimizer = _optimizer(trainable, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, steps // 20))
-    tokenizer = micro.micro_tokenizer()
+    tokenizer = micro.micro_tokenizer(world.vocabulary())
     losses: list[float] = []
     provenance = collect_provenance()  # the code as it was when training started
     started = time.perf_counter()
@@ -199,5 +199,7 @@ def pretrain(
         "metrics": metrics,
         "provenance": provenance,
     }
+    if name == "micro-clip":
+        record["vocabulary"] = world.vocabulary()  # the tokenizer is part of the model
     (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record

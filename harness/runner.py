@@ -198,14 +198,12 @@ class Runner:
         data_root: Path | None = None,
         device: str = "auto",
         checkpoint_dir: Path | None = None,
-        progress: Any = None,
     ) -> None:
         self.store = store
         self.suite = suite
         self.data_root = data_root
         self.device = resolve_device(device)
         self.checkpoint_dir = checkpoint_dir
-        self.progress = progress
         self.on_wait: Callable[[RunSpec], None] | None = None  # told once when a spec is busy elsewhere
         self.poll_s = 2.0
         self._task_cache: dict[str, TaskData] = {}

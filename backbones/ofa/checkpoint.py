@@ -167,45 +167,6 @@ def load_ofa_checkpoint(
     return report
 
 
-def synthetic_released_state(
-    cfg: OFAConfig, *, device: str = "cpu", seed: int = 0
-) -> dict[str, torch.Tensor]:
-    """A state dict in the released key layout with the right names and shapes for ``cfg`` (random
-    values; ``device="meta"`` for shapes only). What a real checkpoint of that size must look like."""
-    from .backbone import OFABackbone
-
-    with torch.device("meta"):
-        shapes = OFABackbone("synthetic", cfg).state_dict()
-    gen = torch.Generator().manual_seed(seed)
-    meta = device == "meta"
-
-    def fill(ref: torch.Tensor, name: str) -> torch.Tensor:
-        if meta:
-            return torch.empty(ref.shape, dtype=ref.dtype, device="meta")
-        if not ref.is_floating_point():
-            return torch.zeros(ref.shape, dtype=ref.dtype)
-        if name.endswith("running_var"):
-            return torch.rand(ref.shape, generator=gen) + 0.5
-        return torch.randn(ref.shape, generator=gen) * 0.02
-
-    out: dict[str, torch.Tensor] = {}
-    for key, ref in shapes.items():
-        names = released_names(key)
-        if names == TIED_KEYS:
-            if TIED_KEYS[0] not in out:
-                shared = fill(ref, key)
-                out.update(dict.fromkeys(TIED_KEYS, shared))
-        elif len(names) == 3:
-            rows = ref.shape[0] // 3
-            for name in names:
-                out[name] = fill(ref[:rows], name)
-        else:
-            out[names[0]] = fill(ref, names[0])
-    for name, value in derived_buffers(cfg).items():
-        out[name] = torch.empty(value.shape, dtype=value.dtype, device="meta") if meta else value.clone()
-    return out
-
-
 def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """The checkpoint tensors of a released folder (``model.safetensors`` or ``pytorch_model.bin``)."""
     st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from petlbench.errors import UserError
 
 from ..data import TaskData
-from . import register_loader
 from ._args import REQUIRED, check_choice, read_args
 from ._files import (
     IMAGE_ARGS,
@@ -39,6 +38,7 @@ from ._files import (
     require_file,
     safe_relpath,
 )
+from .registry import register_loader
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec

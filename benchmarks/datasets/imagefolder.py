@@ -25,7 +25,6 @@ from torch.utils.data import Dataset
 from petlbench.errors import UserError
 
 from ..data import TaskData
-from . import register_loader
 from ._args import read_args
 from ._files import (
     IMAGE_ARGS,
@@ -38,6 +37,7 @@ from ._files import (
     register_lister,
     require_dir,
 )
+from .registry import register_loader
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from petlbench.errors import UserError
 
-from . import register_loader
 from ._args import REQUIRED, check_choice, check_range, read_args
 from .ofa_tsv import TASKS, OFASample, OFATsvIndex, read_ofa_tsv
+from .registry import register_loader
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec

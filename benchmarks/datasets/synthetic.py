@@ -36,8 +36,8 @@ import torch
 from petlbench.errors import UserError
 
 from ..data import TaskData, TensorImageDataset
-from . import register_loader
 from ._args import REQUIRED, check_choice, check_range, read_args
+from .registry import register_loader
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec

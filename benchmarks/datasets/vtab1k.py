@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from petlbench.errors import UserError
 
 from ..data import TaskData
-from . import register_loader
 from ._args import REQUIRED, check_range, read_args
 from ._files import (
     IMAGE_ARGS,
@@ -40,6 +39,7 @@ from ._files import (
     require_file,
     safe_relpath,
 )
+from .registry import register_loader
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..data import TaskData, TensorImageDataset
-from . import register_loader
 from ._args import REQUIRED, check_choice, check_range, read_args
+from .registry import register_loader
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec

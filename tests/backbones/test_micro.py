@@ -131,3 +131,26 @@ def test_linear_probe_on_micro_vit_beats_the_same_architecture_with_random_weigh
     with Store(tmp_path / "s.sqlite") as store:
         acc = {r.spec.protocol["backbone_pretrained"]: r.metrics["accuracy"] for r in store.records()}
     assert acc[True] > acc[False] + 15.0, acc  # measured: 87.5 pretrained vs 47.5 random (seed 1)
+
+
+def test_the_shipped_vocabulary_is_the_worlds_and_a_missing_one_is_one_line(tmp_path):
+    """micro-clip reads its tokenizer's words from its weights' record (backbones import no
+    benchmark); the record must hold exactly the synthetic world's vocabulary, in its order."""
+    from petlbench.backbones.micro import shipped_vocabulary
+    from petlbench.benchmarks.synthetic.world import vocabulary
+    from petlbench.errors import UserError
+
+    assert shipped_vocabulary() == vocabulary() and len(vocabulary()) == 54
+    (tmp_path / "micro-clip.json").write_text("{}")
+    with pytest.raises(UserError, match="no micro-clip vocabulary"):
+        shipped_vocabulary(tmp_path)
+
+
+def test_a_pretrained_micro_clip_record_carries_its_vocabulary_and_loads(tmp_path):
+    from petlbench.backbones.micro import shipped_vocabulary
+    from petlbench.benchmarks.synthetic.world import vocabulary
+
+    record = pretrain("micro-clip", tmp_path, steps=1, batch_size=4, seed=0)
+    assert record["vocabulary"] == vocabulary() == shipped_vocabulary(tmp_path)
+    state, loaded = load_weights("micro-clip", tmp_path)
+    assert loaded["vocabulary"] == record["vocabulary"] and "token_embedding.weight" in state

@@ -218,7 +218,10 @@ def test_selection_picks_the_best_selection_score_not_the_best_test_score():
 
 def test_rows_link_to_runs_and_the_reproduce_command_recreates_the_same_run_ids(doc):
     from petlbench.benchmarks.suites import load_suite
-    from petlbench.harness.cli import _assignments, _epsilons, _seeds, build_parser
+    from petlbench.harness.arguments import assignments as _assignments
+    from petlbench.harness.arguments import epsilons as _epsilons
+    from petlbench.harness.arguments import seed_list as _seeds
+    from petlbench.harness.cli import build_parser
     from petlbench.harness.plan import plan_runs
     from petlbench.methods.registry import get_method
 

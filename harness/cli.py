@@ -114,14 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--fgsm-examples", type=int, default=None)
     rb.add_argument("--device", default="auto")
 
-    pf = sub.add_parser("perf", help="time training steps of a method on a backbone (random weights)")
-    pf.add_argument("--method", required=True)
+    pf = sub.add_parser(
+        "perf",
+        help="time a method's train step against the plain backbone's, interleaved (random weights)",
+        description="Speed and memory of a method's training step on a backbone's real architecture "
+        "(random weights): absolute figures labelled with the hardware, and the ratio to the plain "
+        "backbone's step (frozen backbone + linear head) timed step by step in the same process.",
+    )
+    pf.add_argument("--method", required=True, help="a registered method (see `bench methods`)")
     pf.add_argument("--backbone", required=True, help="e.g. vit-b16 or clip-vit-b16 (real architecture)")
-    pf.add_argument("--set", dest="method_options", action="append", metavar="KEY=VALUE")
-    pf.add_argument("--batch-size", type=int, default=32)
-    pf.add_argument("--steps", type=int, default=10)
-    pf.add_argument("--device", default="auto")
-    pf.add_argument("--json", action="store_true")
+    pf.add_argument("--set", dest="method_options", action="append", metavar="KEY=VALUE", help="an option")
+    pf.add_argument("--batch-size", type=int, help="images per step (default: 8 on CPU, 32 on GPU)")
+    pf.add_argument("--steps", type=int, help="timed steps of each (default: 5 on CPU, 10 on GPU)")
+    pf.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
+    pf.add_argument("--json", action="store_true", help="print one JSON line")
 
     pt = sub.add_parser("pretrain", help="pretrain micro-clip / micro-vit on the synthetic world (CPU)")
     pt.add_argument("model", help="micro-clip or micro-vit")

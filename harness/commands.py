@@ -470,7 +470,11 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from .runner import resolve_device
 
     device = resolve_device(args.device)
-    with console.status(f"timing {args.method} on {args.backbone} ({device})"):
+    with console.status(f"timing {args.method} on {args.backbone} ({device})") as status:
+
+        def on_step(done: int, total: int) -> None:
+            status.update(f"timing {args.method} on {args.backbone} ({device}): step {done}/{total}")
+
         perf = measure_perf(
             args.method,
             args.backbone,
@@ -478,11 +482,12 @@ def cmd_perf(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             steps=args.steps,
             device=device,
+            on_step=on_step,
         )
     if args.json:
         print(json.dumps(perf, sort_keys=True))
         return 0
-    table = Table(title=f"{args.method} on {args.backbone}: {perf['device']}, {perf['dtype']}")
+    table = Table(title=f"{args.method} on {args.backbone}: {perf['hardware']}, {perf['dtype']}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     roof = perf["roofline"]
@@ -492,6 +497,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
         ("train images/s", f"{perf['train_images_per_second']:.1f}"),
         ("train step (ms)", f"{perf['train_step_ms']:.1f}"),
         ("eval images/s", f"{perf['eval_images_per_second']:.1f}"),
+        ("train step x plain backbone", f"{perf['speed_ratio']['x_plain']:.2f}"),
+        ("  per forward MAC", f"{perf['speed_ratio']['per_mac']:.2f}"),
         (f"train {perf['train_memory']['kind']} (MiB)", f"{perf['train_memory']['peak_mib']:.0f}"),
         ("achieved train TFLOP/s", f"{perf['achieved_train_flops_per_s'] / 1e12:.3f}"),
         (

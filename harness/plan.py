@@ -102,7 +102,7 @@ def plan_runs(
         except UserError as err:
             raise UserError(f"suite {suite.name!r}, method {method!r}: {err}") from None
         for task in task_specs:
-            mismatch = _generative_mismatch(backbone, entries[backbone].kind, task)
+            mismatch = _generative_mismatch(backbone, entries[backbone].generative, task)
             if mismatch:
                 if explicit:
                     raise UserError(mismatch)
@@ -169,12 +169,13 @@ def run_deviations(
     return out
 
 
-def _generative_mismatch(backbone: str, kind: str, task: TaskSpec) -> str | None:
-    """Why ``backbone`` cannot run ``task`` (generative tasks need the encoder-decoder), or None."""
+def _generative_mismatch(backbone: str, backbone_generates: bool, task: TaskSpec) -> str | None:
+    """Why ``backbone`` cannot run ``task`` (generative tasks need a generative encoder-decoder, the
+    entry's declared ``generative``), or None."""
     generative = loader_entry(task.loader).generative
-    if generative and kind != "ofa":
+    if generative and not backbone_generates:
         return f"task {task.name!r} is generative (image + text -> text) and needs an ofa-* backbone"
-    if kind == "ofa" and not generative:
+    if backbone_generates and not generative:
         return f"{backbone!r} is generative; task {task.name!r} is classification"
     return None
 

@@ -21,7 +21,7 @@ import torch
 from petlbench.backbones.base import Backbone
 from petlbench.backbones.classifier import ImageClassifier
 from petlbench.backbones.heads import LinearHead, TextClassifierHead
-from petlbench.backbones.registry import backbone_kind, build_backbone
+from petlbench.backbones.registry import backbone_entry, build_backbone
 from petlbench.benchmarks.augment import get_augmentation
 from petlbench.benchmarks.data import TaskData, TensorImageDataset
 from petlbench.benchmarks.datasets import load_task
@@ -298,7 +298,7 @@ class Runner:
         data: TaskData,
         on_step: Callable[[int, int, float], None] | None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        if getattr(data, "generative", False) or backbone_kind(spec.backbone) == "ofa":
+        if getattr(data, "generative", False) or backbone_entry(spec.backbone).generative:
             from .seq2seq import run_seq2seq  # image + text -> text on an encoder-decoder
 
             return run_seq2seq(self, spec, task, data, on_step)

@@ -350,10 +350,10 @@ def build_generator(
 
 
 def _check_pairing(spec: RunSpec, data: Any) -> None:
-    from petlbench.backbones.registry import backbone_kind
+    from petlbench.backbones.registry import backbone_entry
 
     generative_data = isinstance(data, Seq2SeqTaskData)
-    generative_backbone = backbone_kind(spec.backbone) == "ofa"
+    generative_backbone = backbone_entry(spec.backbone).generative
     if generative_data and not generative_backbone:
         raise UserError(
             f"task {spec.task!r} is generative (image + text -> text): it needs an encoder-decoder backbone "

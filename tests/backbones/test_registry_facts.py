@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from petlbench.backbones.registry import BackboneEntry, backbone_entries, build_backbone
+from petlbench.errors import UserError
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 HALF = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -124,8 +125,12 @@ def test_plugin_entries_declare_no_facts_and_still_build(monkeypatch):
         def load(self):
             return lambda pretrained: registry.build_backbone("tiny-vit", pretrained)
 
-    monkeypatch.setattr(registry, "entry_points", lambda group: [FakeEntryPoint()])
+    real = registry.entry_points
+    monkeypatch.setattr(registry, "entry_points", lambda group: [*real(group=group), FakeEntryPoint()])
     entry = registry.backbone_entries()["my-plugin"]
     assert entry.kind == "plugin" and not entry.declared and entry.normalization() is None
     assert set(entry.facts().values()) == {None}
     assert build_backbone("my-plugin", pretrained=False).image_size == 32
+    monkeypatch.setattr(registry, "entry_points", lambda group: [FakeEntryPoint()])
+    with pytest.raises(UserError, match="no built-in backbones are registered"):
+        registry.backbone_entries()  # a stale install: one line, not an empty registry

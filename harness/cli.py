@@ -62,12 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--random-init", action="store_true", help="random backbone weights (architecture only)"
         )
         r.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
-        r.add_argument(
-            "--jobs",
-            default="auto",
-            help="runs at a time, each in a worker process with one thread (default auto: one per "
-            "CPU core on CPU, 1 on CUDA; 1 runs in this process)",
-        )
+        if verb == "run":  # `bench plan` runs nothing
+            r.add_argument(
+                "--jobs",
+                default="auto",
+                help="runs at a time, each in a worker process with one thread (default auto: one per "
+                "CPU core on CPU, 1 on CUDA; 1 runs in this process)",
+            )
         r.add_argument(
             "--json", action="store_true", help="print the results as JSON lines instead of a table"
         )

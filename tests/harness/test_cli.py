@@ -95,6 +95,7 @@ def _bench(*args, env_extra=None, cwd=None):
         (["run", "--method", "vpt", "--suite", "smoke", "--data-root", "/does/not/exist"], "not a folder"),
         (["run", "--method", "vpt", "--suite", "smoke", "--set", "num_tokens=lots"], "num_tokens"),
         (["run", "--method", "vpt"], "--suite"),
+        (["plan", "--method", "vpt", "--suite", "smoke", "--jobs", "2"], "unrecognized arguments: --jobs"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):

@@ -183,7 +183,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     markup=False,
                 )
 
-        outcomes = _executor(runner, jobs, on_step).run(specs, on_done)
+        with _executor(runner, jobs, on_step) as executor:
+            outcomes = executor.run(specs, on_done)
     store.close()
     ok = [o for o in outcomes if o.error is None]
     if args.json:
@@ -648,6 +649,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             on_event=on_event,
         )
     finally:
+        executor.close()  # the pool served every phase of the sweep
         if live is not None:
             live.stop()
     store.close()

@@ -46,6 +46,15 @@ class Executor(abc.ABC):
     def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunDone]:
         """Run every spec not yet finished in the store; failures are returned, not raised."""
 
+    def close(self) -> None:  # noqa: B027 - an optional hook: only pools hold workers
+        """Release workers kept between :meth:`run` calls (a sweep's phases share them)."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 OnStep = Callable[[RunSpec, int, int, float], Any]
 
@@ -108,8 +117,9 @@ def _compute_in_worker(
 
 class PoolExecutor(Executor):
     """``jobs`` runs at a time, each in a worker process of this machine with one thread. Workers are
-    spawned (a forked torch process can deadlock in its thread pool), live for the whole call and
-    keep their decoded data between runs. The driver claims a spec only when a worker is free to
+    spawned (a forked torch process can deadlock in its thread pool) once and live until
+    :meth:`close`, across :meth:`run` calls (a sweep's search phases and final runs), keeping their
+    decoded data between runs. The driver claims a spec only when a worker is free to
     take it, so a spec waiting in the queue is still free for another process. Results equal a
     one-thread run in this process (a test checks ``--jobs 2`` against ``--jobs 1``)."""
 
@@ -118,6 +128,18 @@ class PoolExecutor(Executor):
         if jobs < 1:
             raise UserError(f"--jobs must be at least 1, got {jobs}")
         self.jobs = jobs
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def _workers(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=self.jobs, mp_context=context)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunDone]:
         runner = self.runner
@@ -137,46 +159,46 @@ class PoolExecutor(Executor):
             device,
             str(runner.checkpoint_dir) if runner.checkpoint_dir else None,
         )
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=self.jobs, mp_context=context) as pool:
-            pending: dict[concurrent.futures.Future[ComputedRun], RunSpec] = {}
-            try:
-                while queue or pending:
-                    while queue and len(pending) < self.jobs:
-                        spec = queue.pop(0)
-                        record = runner.store.get(spec.run_id)
-                        if record is not None and record.status == "finished":
-                            runner.drop_checkpoints(spec.run_id)
-                            report(RunDone(spec, record.metrics, record.result, skipped=True))
-                            continue
-                        if runner.store.claim(spec, runner.provenance(spec)) != "claimed":
-                            busy.append(spec)  # another live process runs it: waited for below
-                            continue
-                        pending[pool.submit(_compute_in_worker, runner.suite, spec, *args)] = spec
-                    if not pending:
+        pool = self._workers()
+        pending: dict[concurrent.futures.Future[ComputedRun], RunSpec] = {}
+        try:
+            while queue or pending:
+                while queue and len(pending) < self.jobs:
+                    spec = queue.pop(0)
+                    record = runner.store.get(spec.run_id)
+                    if record is not None and record.status == "finished":
+                        runner.drop_checkpoints(spec.run_id)
+                        report(RunDone(spec, record.metrics, record.result, skipped=True))
                         continue
-                    finished, _ = concurrent.futures.wait(
-                        pending, return_when=concurrent.futures.FIRST_COMPLETED
-                    )
-                    for future in finished:
-                        spec = pending.pop(future)
-                        try:
-                            computed = future.result()
-                        except UserError as err:
-                            runner.store.mark_failed(spec.run_id, f"UserError: {err}")
-                            raise
-                        except Exception as exc:  # noqa: BLE001 - recorded, the other runs go on
-                            message = f"{exc.__class__.__name__}: {exc}"
-                            runner.store.mark_failed(spec.run_id, message)
-                            report(RunDone(spec, error=message))
-                        else:
-                            runner.finish(computed)
-                            report(RunDone(spec, computed.metrics, computed.result))
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+                    if runner.store.claim(spec, runner.provenance(spec)) != "claimed":
+                        busy.append(spec)  # another live process runs it: waited for below
+                        continue
+                    pending[pool.submit(_compute_in_worker, runner.suite, spec, *args)] = spec
+                if not pending:
+                    continue
+                finished, _ = concurrent.futures.wait(
+                    pending, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in finished:
+                    spec = pending.pop(future)
+                    try:
+                        computed = future.result()
+                    except UserError as err:
+                        runner.store.mark_failed(spec.run_id, f"UserError: {err}")
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - recorded, the other runs go on
+                        message = f"{exc.__class__.__name__}: {exc}"
+                        runner.store.mark_failed(spec.run_id, message)
+                        report(RunDone(spec, error=message))
+                    else:
+                        runner.finish(computed)
+                        report(RunDone(spec, computed.metrics, computed.result))
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            raise
         if busy:
             for done in LocalExecutor(runner).run(busy):
                 report(done)

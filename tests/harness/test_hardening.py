@@ -409,3 +409,28 @@ def test_data_prepare_with_a_corrupt_archive_is_one_line(tmp_path, capsys):
     assert main([*argv, "--download"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: dtd:") and "dtd-r1.0.1.tar.gz" in err[0], err
+
+
+def test_a_pool_serves_every_run_call_until_closed(tmp_path):
+    """A sweep's phases share one pool: workers are spawned once (same processes for the second
+    call, which finds its decoded data still there), and released by close()."""
+    from petlbench.benchmarks.suites import load_suite
+    from petlbench.harness.executors import PoolExecutor
+    from petlbench.harness.plan import plan_runs
+    from petlbench.harness.runner import Runner
+
+    suite = load_suite("smoke")
+    specs, _ = plan_runs(
+        "linear", suite, backbones=["tiny-vit"], tasks=["shapes"], seeds=[1, 2],
+        protocol_overrides={"epochs": 1}, measure={},
+    )
+    with Store(tmp_path / "s.sqlite") as store:
+        executor = PoolExecutor(Runner(store, suite, checkpoint_dir=tmp_path / "ck"), jobs=1)
+        with executor:
+            first = executor.run(specs[:1])
+            workers = set(executor._pool._processes)
+            second = executor.run(specs[1:])
+            assert set(executor._pool._processes) == workers and len(workers) == 1
+        assert executor._pool is None
+        assert [d.error for d in first + second] == [None, None]
+        assert all(r.status == "finished" for r in store.records())

@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("leaderboard", help="build or check the leaderboard from exported records")
     lb_sub = lb.add_subparsers(dest="leaderboard_command", required=True, parser_class=_Parser)
     for name, text in (
-        ("build", "build leaderboard.json, .md, index.html and the Pareto plot from the records"),
+        ("build", "build leaderboard.json, .md, .csv, index.html and the Pareto plot from the records"),
         ("check", "rebuild from the records and fail (exit 1) if the committed files differ"),
     ):
         lc = lb_sub.add_parser(name, help=text)
@@ -237,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
             default=DEFAULT_LEADERBOARD,
             help=f"{'output' if name == 'build' else 'committed'} folder (default {DEFAULT_LEADERBOARD})",
         )
+    from petlbench.leaderboard.render import PLOT_COLUMNS
+
+    lp = lb_sub.add_parser("plot", help="plot the built leaderboard's entries by any two columns")
+    for flag, default in (("--x", "params"), ("--y", "accuracy")):
+        lp.add_argument(flag, choices=list(PLOT_COLUMNS), default=default, help=f"default {default}")
+    lp.add_argument(
+        "--leaderboard",
+        type=Path,
+        default=DEFAULT_LEADERBOARD / "leaderboard.json",
+        help=f"the built leaderboard (default {DEFAULT_LEADERBOARD / 'leaderboard.json'})",
+    )
+    lp.add_argument("--out", type=Path, help="an .svg or .png file (default <y>-vs-<x>.svg here)")
     return p
 
 

@@ -699,7 +699,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from petlbench.leaderboard.build import build, check
+    from petlbench.leaderboard.build import build, check, plot
 
     if args.leaderboard_command == "build":
         doc = build(args.records, args.out)

@@ -16,6 +16,14 @@ Aggregation, in order:
   average is the sample std, over the seeds every chosen cell has, of the per-seed averages (null when
   fewer than two such seeds).
 
+Statistics a reader can act on: every row, group and average carries a 95% Student t interval over
+seeds (``ci95``: mean -/+ t_{0.975, n-1} * std / sqrt(n), null for one seed) and a rank by interval
+(``rank``: 1 + the number of compared items whose interval lies entirely above; equal ranks are ties,
+``tied_with``). Each suite names one **headline** average (``suites[].headline``, ``entries[].headline``),
+the one entries are ranked by: the mean of group means for a suite with groups (VTAB-1k), the base-to-new
+HM for a base/new suite, else the mean over tasks. ``selection_inflation`` (from ``result.selection``) and
+``efficiency.speed_ratio`` (from ``result.perf.step_time_ratio``) are null until records carry them.
+
 Only finished, final-stage runs count (search trials of ``bench sweep`` are kept in the records as
 provenance, but are not results). Every float is rounded to 6 significant digits, keys are sorted and
 nothing depends on the clock, so building twice from the same records gives the same bytes.
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shlex
 import statistics
 from collections import defaultdict
@@ -41,13 +50,37 @@ from petlbench.errors import UserError
 HERE = Path(__file__).resolve().parent
 SCHEMA_PATH = HERE / "schema.json"
 REPORTED_PATH = HERE / "reported.yaml"
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 SIGNIFICANT = 6
 
 CONVENTIONS = {
     "aggregation": "per cell (every spec field but the seed): mean over seeds; suite and group averages are "
     "the mean over tasks of the chosen cells' means (macro average)",
     "std": "sample standard deviation over seeds (statistics.stdev, n - 1 denominator); 0 when n = 1",
+    "ci95": "95% confidence interval of a mean over n seeds, Student t: mean -/+ t_{0.975, n-1} * std / "
+    "sqrt(n), std with the n - 1 denominator; null when n < 2. An average's interval uses its per-seed "
+    "values (over the seeds every chosen cell has) and n = n_seeds",
+    "rank": "rank by confidence interval (Chatbot Arena's rank (UB), lm-sys/FastChat "
+    "fastchat/serve/monitor/monitor.py:L56-66): 1 + the number of rows whose 95% CI lies entirely above "
+    "this row's (lower bound > its upper bound: statistically better); rows with the same rank are tied "
+    "(tied_with; shown '=2'); a row without a CI (n < 2) is not ranked. Compared: the same suite and "
+    "version, backbone (pretrained or random init) and shot count; per task also the same metric, among "
+    "the selected cells only. Entries are ranked by the headline, complete entries only",
+    "headline": "an entry's one headline number is the suite's own (suites[].headline): the mean of group "
+    "means for a suite with task groups (VTAB-1k), the base-to-new harmonic mean for a suite with 'base' "
+    "and 'new' groups (CoCoOp), else the mean over tasks; average (mean over tasks), average_of_groups and "
+    "base_new_hm are the other views of the same cells",
+    "best": "the best value per column is highlighted (declared once per column: higher or lower is "
+    "better), among the selected cells of a task and among the entries of a suite",
+    "selection_inflation": "per cell, from each run's result.selection: test_by_candidate (the test score "
+    "of every epoch or grid point the protocol chose among) and selected_test (the chosen one's, default "
+    "the run's test metric); gap = max(test_by_candidate) - selected_test, the optimism selecting on test "
+    "would add; mean over the runs that carry it, null when none does",
+    "speed_ratio": "per cell, the mean over seeds of each run's result.perf.step_time_ratio (the method's "
+    "train step time / the plain backbone's, measured by a dedicated perf pass); null when not measured; "
+    "an entry's is the mean over its chosen cells",
+    "csv": "leaderboard.csv: one line per (method, backbone, task) cell and per entry average (headline, "
+    "other averages, group averages); the columns are documented at petlbench.leaderboard.render.CSV_HEADER",
     "selection": "when an entry has several cells for one task, the one with the best selection score is "
     "averaged (never the test score): the search trials' score when the cell came from a search (trained "
     "without the selection split), else the final runs' selection-split score unless they trained on it "
@@ -101,6 +134,72 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return mean, std, len(values)
+
+
+# ----- statistics: Student t intervals and ranks by interval --------------------------------------
+
+
+def t_two_sided_cdf(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with an integer ``df`` >= 1, in closed form (Abramowitz & Stegun
+    26.7.3-26.7.4: a finite series in cos(theta), theta = atan(t / sqrt(df))). Exact to float rounding,
+    so the leaderboard needs no scipy (a dependency of no part of petlbench)."""
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c, s = math.cos(theta), math.sin(theta)
+    if df % 2 == 1:
+        term, total = c, 0.0
+        for k in range(1, (df - 1) // 2 + 1):  # c + 2/3 c^3 + (2*4)/(3*5) c^5 + ... up to c^(df-2)
+            total += term
+            term *= c * c * (2 * k) / (2 * k + 1)
+        return (2 / math.pi) * (theta + s * total)
+    term, total = 1.0, 0.0
+    for k in range(1, df // 2 + 1):  # 1 + 1/2 c^2 + (1*3)/(2*4) c^4 + ... up to c^(df-2)
+        total += term
+        term *= c * c * (2 * k - 1) / (2 * k)
+    return s * total
+
+
+@cache
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile (0.5 < p < 1) of Student's t with ``df`` degrees of freedom: bisection on
+    theta in (0, pi/2) of the closed-form CDF until the interval stops shrinking (deterministic)."""
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1, not p={p}, df={df}")
+    target = 2 * p - 1
+    lo, hi = 0.0, math.pi / 2
+    while True:
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        if t_two_sided_cdf(math.sqrt(df) * math.tan(mid), df) < target:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(df) * math.tan((lo + hi) / 2)
+
+
+def ci95(mean: float | None, std: float | None, n: int) -> list[float] | None:
+    """The 95% confidence interval of a mean over ``n`` seeds: mean -/+ t_{0.975, n-1} * std / sqrt(n)
+    with the sample std (n - 1 denominator); None when n < 2 (one seed says nothing about spread)."""
+    if mean is None or std is None or n < 2:
+        return None
+    half = t_quantile(0.975, n - 1) * std / math.sqrt(n)
+    return [mean - half, mean + half]
+
+
+def ci_ranks(items: Sequence[tuple[str, list[float] | None]]) -> dict[str, dict[str, Any]]:
+    """Rank by confidence interval (Chatbot Arena's "rank (UB)", lm-sys/FastChat
+    fastchat/serve/monitor/monitor.py:L56-66 recompute_final_ranking): an item's rank is 1 + the number
+    of items whose interval lies entirely above its own (lower bound > its upper bound: statistically
+    better). Items whose ranks are equal are tied (``tied_with``); an item without an interval is not
+    ranked (position None). Higher is better; ``items`` are (id, [low, high] or None)."""
+    ranked = {key: ci for key, ci in items if ci is not None}
+    position = {k: 1 + sum(1 for other in ranked.values() if other[0] > ci[1]) for k, ci in ranked.items()}
+    out = {}
+    for key, _ in items:
+        pos = position.get(key)
+        tied = sorted(k for k, p in position.items() if k != key and pos is not None and p == pos)
+        out[key] = {"position": pos, "tied_with": tied, "out_of": len(ranked)}
+    return out
 
 
 def short_hash(obj: Any, length: int = 8) -> str:
@@ -334,6 +433,41 @@ def _efficiency(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "memory_kind": _one(_get(r, "train", "memory", "kind") for r in res),
         "device": _one(_get(r, "train", "device") for r in res),
         "dtype": _one(_get(r, "train", "dtype") for r in res),
+        # filled by a dedicated perf pass: train step time / the plain backbone's (1 = no overhead)
+        "speed_ratio": _mean_of(_get(r, "perf", "step_time_ratio") for r in res),
+    }
+
+
+def _selection_inflation(cell: Cell) -> dict[str, Any] | None:
+    """How much better the test score could have looked had the test split chosen the epoch / grid
+    point: per run, ``result.selection.test_by_candidate`` (the test score of every candidate the protocol
+    chose among, same metric and scale) against the test score of the candidate the protocol selected
+    (``result.selection.selected_test``, by default the run's reported metric); means over the runs that
+    carry it. None when no run does."""
+    selected, best, candidates = [], [], []
+    for r in cell.records:
+        sel = _get(r, "result", "selection")
+        if not isinstance(sel, dict):
+            continue
+        scores = [_number(v) for v in sel.get("test_by_candidate") or []]
+        if not scores or None in scores:
+            continue
+        chosen = _number(sel.get("selected_test"))
+        if chosen is None:
+            chosen = _number((r.get("metrics") or {}).get(cell.metric))
+        if chosen is None:
+            continue
+        selected.append(chosen)
+        best.append(max(s for s in scores if s is not None))
+        candidates.append(sel.get("candidates"))
+    if not selected:
+        return None
+    return {
+        "selected_test": statistics.fmean(selected),
+        "best_test": statistics.fmean(best),
+        "gap": statistics.fmean(b - s for b, s in zip(best, selected, strict=True)),
+        "n": len(selected),
+        "candidates": _one(candidates),
     }
 
 
@@ -399,11 +533,14 @@ def _row(cell: Cell, info: SuiteInfo) -> dict[str, Any]:
         "mean": mean,
         "std": std,
         "n": n,
+        "ci95": ci95(mean, std, n),
+        "rank": None,  # set among the selected rows of one comparison (_rank_rows)
         "values": [{"seed": s, "value": v} for s, v in values],
         "selection_mean": selection_mean,
         "selection_source": selection_source,
         "selected": False,
         "efficiency": _efficiency(cell.records),
+        "selection_inflation": _selection_inflation(cell),
         "fgsm": _robustness(cell.records),
         "search": search,
         "shots": shots_variant(spec),
@@ -438,12 +575,107 @@ def _average(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         per_seed.append(
             statistics.fmean(next(v["value"] for v in r["values"] if v["seed"] == seed) for r in rows)
         )
+    mean = statistics.fmean(means) if means else None
+    std = statistics.stdev(per_seed) if len(per_seed) > 1 else None
     return {
-        "mean": statistics.fmean(means) if means else None,
-        "std": statistics.stdev(per_seed) if len(per_seed) > 1 else None,
+        "mean": mean,
+        "std": std,
         "n_seeds": len(per_seed),
         "n_tasks": len(means),
+        "ci95": ci95(mean, std, len(per_seed)),
     }
+
+
+NO_AVERAGE = {"mean": None, "std": None, "n_seeds": 0, "n_tasks": 0, "ci95": None}
+
+# The one number an entry is ranked by, per suite: what the suite's own papers report.
+HEADLINES = {
+    "average": (
+        "mean over tasks",
+        "the mean over the suite's tasks of each task's mean over seeds (every task weighs the same); the "
+        "headline of a suite without task groups",
+    ),
+    "average_of_groups": (
+        "mean of group means",
+        "the mean of the group averages (every group weighs the same, whatever its number of tasks), each "
+        "group average the mean over its tasks; the headline of a suite with task groups, as VTAB-1k reports "
+        "it (benchmarks/suites/vtab1k.yaml:L9-10: Natural / Specialized / Structured and the mean of the "
+        "group means); null until every group has a result",
+    ),
+    "base_new_hm": (
+        "HM (base, new)",
+        "2 * base * new / (base + new) of the 'base' and 'new' group averages: the headline of a base-to-new "
+        "suite, CoCoOp's H (Zhou et al. 2022, Table 1)",
+    ),
+}
+
+
+def headline_key(group_names: Sequence[str]) -> str:
+    """Which average is a suite's headline: HM for a suite with 'base' and 'new' groups, the mean of
+    group means for any other suite with groups, else the mean over tasks."""
+    if {"base", "new"} <= set(group_names):
+        return "base_new_hm"
+    return "average_of_groups" if group_names else "average"
+
+
+def combine(key: str, by_task: dict[str, float], groups: dict[str, str | None], names: Sequence[str]) -> Any:
+    """One average (a ``HEADLINES`` key) of per-task values; None when the groups it needs are empty.
+    The same function gives an entry's value and its per-seed values (for its std and CI)."""
+    if not by_task:
+        return None
+    if key == "average":
+        return statistics.fmean(by_task.values())
+    needed = ["base", "new"] if key == "base_new_hm" else list(names)
+    means = {}
+    for g in needed:
+        values = [v for t, v in by_task.items() if groups.get(t) == g]
+        if not values:
+            return None
+        means[g] = statistics.fmean(values)
+    if key == "average_of_groups":
+        return statistics.fmean(means.values()) if means else None
+    base, new = means["base"], means["new"]
+    return 2 * base * new / (base + new) if base + new > 0 else None
+
+
+def _headline(key: str, picked: Sequence[dict[str, Any]], info: SuiteInfo, names: Sequence[str]) -> dict:
+    """The headline average of an entry, with its std over the per-seed headlines of the seeds every
+    chosen cell has, and its 95% CI (headline -/+ t * std / sqrt(n_seeds))."""
+    mean = combine(key, {r["task"]: r["mean"] for r in picked}, info.groups, names)
+    common: set[int] | None = None
+    for r in picked:
+        seeds = {v["seed"] for v in r["values"]}
+        common = seeds if common is None else common & seeds
+    per_seed = []
+    for seed in sorted(common or ()) if mean is not None else ():
+        by_task = {r["task"]: next(v["value"] for v in r["values"] if v["seed"] == seed) for r in picked}
+        value = combine(key, by_task, info.groups, names)
+        if value is not None:
+            per_seed.append(value)
+    std = statistics.stdev(per_seed) if len(per_seed) > 1 else None
+    return {
+        "key": key,
+        "name": HEADLINES[key][0],
+        "mean": mean,
+        "std": std,
+        "n_seeds": len(per_seed),
+        "ci95": ci95(mean, std, len(per_seed)),
+    }
+
+
+def group_names_of(info: SuiteInfo) -> list[str]:
+    """The suite's groups in the order of their first task."""
+    names: list[str] = []
+    for t in info.tasks:
+        g = info.groups.get(t)
+        if g is not None and g not in names:
+            names.append(g)
+    return names
+
+
+def _headline_of_suite(info: SuiteInfo) -> dict[str, str]:
+    key = headline_key(group_names_of(info))
+    return {"key": key, "name": HEADLINES[key][0], "what": HEADLINES[key][1]}
 
 
 def _entries(rows: list[dict[str, Any]], infos: dict[tuple[str, str], SuiteInfo]) -> list[dict[str, Any]]:
@@ -472,22 +704,16 @@ def _entries(rows: list[dict[str, Any]], infos: dict[tuple[str, str], SuiteInfo]
         order = [t for t in info.tasks if t in chosen] + sorted(t for t in chosen if t not in info.tasks)
         picked = [chosen[t] for t in order]
         groups = []
-        group_names: list[str] = []
-        for t in info.tasks:
-            g = info.groups.get(t)
-            if g is not None and g not in group_names:
-                group_names.append(g)
+        group_names = group_names_of(info)
         for g in group_names:
             members = [t for t in info.tasks if info.groups.get(t) == g]
             present = [chosen[t] for t in members if t in chosen]
-            avg = _average(present) if present else {"mean": None, "std": None, "n_seeds": 0, "n_tasks": 0}
+            avg = _average(present) if present else NO_AVERAGE
             groups.append({"group": g, "tasks": members, "complete": len(present) == len(members), **avg})
-        means = {g["group"]: g["mean"] for g in groups}
-        of_groups = statistics.fmean(means.values()) if means and None not in means.values() else None
-        base, new = means.get("base"), means.get("new")
-        hm = (
-            2 * base * new / (base + new) if base is not None and new is not None and base + new > 0 else None
-        )
+        by_task = {r["task"]: r["mean"] for r in picked}
+        of_groups = combine("average_of_groups", by_task, info.groups, group_names) if group_names else None
+        has_hm = {"base", "new"} <= set(group_names)
+        hm = combine("base_new_hm", by_task, info.groups, group_names) if has_hm else None
         effs = [r["efficiency"] for r in picked]
         fgsm = [r["fgsm"] for r in picked if r["fgsm"]]
         grid = fgsm[0]["eps"] if fgsm else None
@@ -509,9 +735,9 @@ def _entries(rows: list[dict[str, Any]], infos: dict[tuple[str, str], SuiteInfo]
                 "tasks": order,
                 "missing_tasks": [t for t in info.tasks if t not in chosen],
                 "complete": all(t in chosen for t in info.tasks),
-                "average": _average(picked)
-                if picked
-                else {"mean": None, "std": None, "n_seeds": 0, "n_tasks": 0},
+                "average": _average(picked) if picked else NO_AVERAGE,
+                "headline": _headline(headline_key(group_names), picked, info, group_names),
+                "rank": None,  # set among the entries of one comparison (_rank_entries)
                 "groups": groups,
                 "base_new_hm": hm,
                 "average_of_groups": of_groups,
@@ -528,7 +754,9 @@ def _entries(rows: list[dict[str, Any]], infos: dict[tuple[str, str], SuiteInfo]
                     "image_gmacs": _mean_of(e["image_gmacs"] for e in effs),
                     "train_images_per_s": _mean_of(e["train_images_per_s"] for e in effs),
                     "train_peak_memory_mib": _mean_of(e["train_peak_memory_mib"] for e in effs),
+                    "speed_ratio": _mean_of(e["speed_ratio"] for e in effs),
                 },
+                "selection_inflation": _inflation_of(picked),
                 "fgsm": None
                 if not same
                 else {
@@ -549,6 +777,40 @@ def _entries(rows: list[dict[str, Any]], infos: dict[tuple[str, str], SuiteInfo]
             e["label"] = f"{e['method']}#{e['config_id']}" + ("" if e["backbone_pretrained"] else " (random)")
     entries.sort(key=lambda e: (e["suite"], e["suite_version"], e["backbone"], e["label"], e["entry_id"]))
     return entries
+
+
+def _inflation_of(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """An entry's selection inflation: the mean gap over its chosen cells that carry one."""
+    gaps = [r["selection_inflation"]["gap"] for r in rows if r["selection_inflation"]]
+    return {"gap": statistics.fmean(gaps), "n_tasks": len(gaps)} if gaps else None
+
+
+def comparison_key(item: dict[str, Any]) -> tuple[Any, ...]:
+    """What an entry is ranked against: the entries of the same suite (and version), backbone (pretrained
+    or random init) and shot count. A row also needs the same task and metric."""
+    key = (item["suite"], item["suite_version"], item["backbone"], item["backbone_pretrained"], item["shots"])
+    return (*key, item["task"], item["metric"]) if "task" in item else key
+
+
+def _rank(items: Sequence[dict[str, Any]], ci: Any, ident: str) -> None:
+    by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for item in items:
+        by_key[comparison_key(item)].append(item)
+    for members in by_key.values():
+        ranks = ci_ranks([(m[ident], ci(m)) for m in members])
+        for m in members:
+            m["rank"] = ranks[m[ident]]
+
+
+def _rank_rows(rows: Sequence[dict[str, Any]]) -> None:
+    """Rank each task's selected cells by their CI (not-selected cells are alternatives of an entry,
+    not competitors: their rank stays None)."""
+    _rank([r for r in rows if r["selected"]], lambda r: r["ci95"], "cell_id")
+
+
+def _rank_entries(entries: Sequence[dict[str, Any]]) -> None:
+    """Rank entries by their headline's CI; an entry missing a task is not ranked."""
+    _rank(entries, lambda e: e["headline"]["ci95"] if e["complete"] else None, "entry_id")
 
 
 # ----- reported -----------------------------------------------------------------------------------
@@ -599,6 +861,8 @@ def build_leaderboard(
     infos = {key: suite_info(key[0], key[1], sorted(tasks)) for key, tasks in sorted(tasks_by_suite.items())}
     rows = [_row(c, infos[(c.spec["suite"], str(c.spec["suite_version"]))]) for c in cells.values()]
     entries = _entries(rows, infos)
+    _rank_rows(rows)
+    _rank_entries(entries)
     labels = {e["entry_id"]: e["label"] for e in entries}
     for row in rows:
         row["label"] = labels[row["entry_id"]]
@@ -621,6 +885,7 @@ def build_leaderboard(
             "tasks": list(info.tasks),
             "groups": {t: g for t, g in info.groups.items() if t in info.tasks},
             "installed": info.found,
+            "headline": _headline_of_suite(info),
         }
         for info in infos.values()
     ]
@@ -668,17 +933,18 @@ def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False) + "\n"
 
 
-OUTPUTS = ("leaderboard.json", "leaderboard.md", "index.html", "pareto.svg", "pareto.png")
+OUTPUTS = ("leaderboard.json", "leaderboard.md", "leaderboard.csv", "index.html", "pareto.svg", "pareto.png")
 
 
 def render_all(doc: dict[str, Any]) -> dict[str, bytes]:
     """Every output file's name and bytes."""
-    from .render import render_html, render_markdown, render_pareto
+    from .render import render_csv, render_html, render_markdown, render_pareto
 
     plots = render_pareto(doc)
     return {
         "leaderboard.json": dumps(doc).encode(),
         "leaderboard.md": render_markdown(doc).encode(),
+        "leaderboard.csv": render_csv(doc).encode(),
         "index.html": render_html(doc, plots["pareto.svg"]).encode(),
         **plots,
     }
@@ -701,6 +967,39 @@ def build(
     return doc
 
 
+def read_leaderboard(path: str | Path) -> dict[str, Any]:
+    """A built leaderboard.json, refused in one line unless it is UTF-8 JSON that matches the schema."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no leaderboard there; build one with `bench leaderboard build`")
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte {err.start + 1} is 0x{err.object[err.start]:02x})"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    validate(doc)
+    return doc
+
+
+def plot(leaderboard: str | Path, out: str | Path, x: str = "params", y: str = "accuracy") -> Path:
+    """Plot a built leaderboard's entries by two columns (``render.PLOT_COLUMNS``) into ``out``, an .svg
+    or .png file (the suffix chooses)."""
+    from .render import render_plot
+
+    out = Path(out)
+    kind = out.suffix.lower().lstrip(".")
+    if kind not in ("svg", "png"):
+        given = repr(out.suffix) if out.suffix else "a name without a suffix"
+        raise UserError(f"--out {out}: the plot is written as .svg or .png, not {given}")
+    files = render_plot(read_leaderboard(leaderboard), x, y)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(files[kind])
+    return out
+
+
 def check(
     records_dir: str | Path, committed_dir: str | Path, reported_path: str | Path | None = None
 ) -> list[str]:
@@ -721,13 +1020,5 @@ def check(
                 differ.append(name)
     json_path = committed / "leaderboard.json"
     if json_path.exists():
-        try:
-            committed_doc = json.loads(json_path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as err:
-            raise UserError(
-                f"{json_path} is not UTF-8 text (byte {err.start + 1} is 0x{err.object[err.start]:02x})"
-            ) from None
-        except json.JSONDecodeError as err:
-            raise UserError(f"{json_path}:{err.lineno}: not valid JSON ({err.msg})") from None
-        validate(committed_doc)
+        read_leaderboard(json_path)
     return differ

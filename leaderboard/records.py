@@ -132,6 +132,7 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "integer": (_is_integer, "an integer"),
     "number": (_is_number, "a finite number"),
     "count": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    "positive": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
     "boolean": (lambda v: isinstance(v, bool), "true or false"),
     "object": (lambda v: isinstance(v, dict), "an object"),
     "list": (lambda v: isinstance(v, list), "a list"),
@@ -203,6 +204,13 @@ RECORD_RULES: tuple[tuple[str, str], ...] = (
     ("result.search.trial_run_ids", "strings"),
     ("result.search.grid", "object"),
     ("result.search.chosen", "object"),
+    # selection inflation (leaderboard/build.py _selection_inflation) and the perf pass's speed ratio
+    ("result.selection", "object"),
+    ("result.selection.test_by_candidate", "numbers"),
+    ("result.selection.selected_test", "number"),
+    ("result.selection.candidates", "string"),
+    ("result.perf", "object"),
+    ("result.perf.step_time_ratio", "positive"),
 )
 
 

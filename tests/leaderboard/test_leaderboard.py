@@ -25,7 +25,7 @@ from petlbench.leaderboard.build import (
     validate,
 )
 from petlbench.leaderboard.records import export_store, load_records, record_line, write_records
-from petlbench.leaderboard.render import pareto_front, render_html
+from petlbench.leaderboard.render import pareto_front, render_html, render_markdown
 
 PROTOCOL = {
     "backbone_pretrained": True,
@@ -285,7 +285,7 @@ def test_build_is_deterministic_and_independent_of_record_order(tmp_path):
     for name in OUTPUTS:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     text = (tmp_path / "a" / "leaderboard.json").read_text()
-    assert json.loads(text)["schema_version"] == "1.1" and text.endswith("}\n")
+    assert json.loads(text)["schema_version"] == "1.2" and text.endswith("}\n")
     assert b"<svg" in (tmp_path / "a" / "pareto.svg").read_bytes()
     assert '<figure id="pareto"><svg' in (tmp_path / "a" / "index.html").read_text()  # inlined
     assert (tmp_path / "a" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -388,10 +388,16 @@ def test_html_has_sortable_tables_and_markdown_has_the_tables(tmp_path, doc):
     assert "addEventListener" in page and "aria-sort" in page and "data-value=" in page
     assert "<th>mean ± std</th>" in page and "<code>bench run --method vpt" in page
     assert "<script src" not in page and "<link" not in page  # self-contained
-    from petlbench.leaderboard.render import render_markdown
-
+    # the page opens on the averages; the per-task table is collapsed below them
+    order = [page.index(x) for x in ('id="averages-0"', '<details id="per-task-0">', 'id="tasks-0"')]
+    assert order == sorted(order)
+    assert "<summary>Per task (4 rows)</summary>" in page and "<details open" not in page
+    assert "Headline: mean of group means: " in page and "Not the headline, shown for reference: mean" in page
     md = render_markdown(doc)
-    header = "| average ± std (seeds) | appearance | structured | real | shifted | mean of groups |"
+    header = (
+        "| rank | method | backbone | mean of group means ± std [95% CI] (seeds) | appearance | structured "
+        "| real | shifted | mean over tasks |"
+    )
     assert header in md
     assert "50.00 ± 10.00" in md and "## Reported by the papers" in md and "`bench run --method vpt" in md
 
@@ -409,27 +415,84 @@ def _chromium() -> str | None:
     return None
 
 
-def test_html_table_sorts_in_headless_chromium(tmp_path, doc):
+def _highlight_doc() -> dict:
+    """vpt: the better accuracy; linear: fewer parameters (0, a head only) - two different bests."""
+    records = sample_records()
+    for r in records:
+        if r["spec"]["method"] == "linear":
+            r["result"]["parameters"].update({"method": 0, "with_head": 390, "percent_of_backbone": 0.0})
+    return build_leaderboard(records, load_reported())
+
+
+def test_best_value_per_column_is_highlighted_in_both_directions():
+    from petlbench.leaderboard.render import average_table, task_table
+
+    doc = _highlight_doc()
+    table = average_table(doc, "smoke", "2")
+    best = table.best()
+    label = {i: row[1] for i, row in enumerate(table.rows)}
+    col = table.header.index
+    assert {label[i] for i, c in best if c == col("mean over tasks")} == {"vpt"}  # higher is better
+    assert {label[i] for i, c in best if c == col("params")} == {"linear"}  # lower is better
+    assert {label[i] for i, c in best if c == col("GMACs")} == {"vpt", "linear"}  # equal values: both
+    assert not [c for _, c in best if c in (col("method"), col("tasks"), col("protocol"))]
+    # per task: only the task's selected cells compete (colors: vpt 50 vs linear 10)
+    tasks = task_table(doc, "smoke", "2")
+    mean = tasks.header.index("mean ± std")
+    winners = {(tasks.rows[i][0], tasks.rows[i][3]) for i, c in tasks.best() if c == mean}
+    assert winners == {("colors", "vpt")}  # shapes and position have one cell each: no best
+    page = render_html(doc)
+    assert page.count('class="best"') == len(best) + len(tasks.best())
+    assert "| **0** |" in render_markdown(doc)  # Markdown: the best in bold
+
+
+def test_html_page_in_headless_chromium_collapses_per_task_highlights_best_and_sorts(tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if _chromium() is None:
         pytest.skip("no Chromium on this machine (.ci/run installs it)")
+    from petlbench.leaderboard.render import TASK_HEADER
+
     page_path = tmp_path / "index.html"
-    page_path.write_text(render_html(doc))
+    page_path.write_text(render_html(_highlight_doc()))
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=_chromium())
         page = browser.new_page()
         page.goto(page_path.as_uri())
+        # it opens on the averages; the per-task table is collapsed until its summary is clicked
+        assert page.locator("table#averages-0").is_visible()
+        assert not page.locator("table#tasks-0").is_visible()
+        assert page.locator("details#per-task-0").get_attribute("open") is None
+        page.locator("details#per-task-0 > summary").click()
+        assert page.locator("table#tasks-0").is_visible()
+        page.locator("details#per-task-0 > summary").click()
+        assert not page.locator("table#tasks-0").is_visible()
+        # best per column: highlighted by the stylesheet, on the right row
+        headers = page.locator("table#averages-0 thead th").all_text_contents()
+        params = headers.index("params") + 1
+        best = page.locator(f"table#averages-0 tbody tr td:nth-child({params}).best")
+        assert best.count() == 1
+        row = best.locator("xpath=..")
+        assert row.locator("td:nth-child(2)").text_content() == "linear"
+        color = best.evaluate("td => getComputedStyle(td).backgroundColor")
+        assert color == "rgb(227, 244, 225)"
+        plain = page.locator(f"table#averages-0 tbody tr td:nth-child({params}):not(.best)")
+        assert plain.evaluate("td => getComputedStyle(td).fontWeight") == "400"
+        # sorting the per-task table by the mean, once open
+        page.locator("details#per-task-0 > summary").click()
         table = "table#tasks-0"
-        col = 1 + ["task", "group", "method", "backbone", "metric", "mean ± std"].index("mean ± std")
+        col = 1 + TASK_HEADER.index("mean ± std")
 
         def column() -> list[float]:
             texts = page.locator(f"{table} tbody tr td:nth-child({col})").all_text_contents()
             return [float(t.split(" ")[0]) for t in texts]
 
         page.locator(f"{table} thead th:nth-child({col})").click()
-        assert column() == sorted(column())
+        assert column() == sorted(column()) and len(column()) == 4
         page.locator(f"{table} thead th:nth-child({col})").click()
         assert column() == sorted(column(), reverse=True)
+        # the highlight travels with its cell when rows move
+        colors_vpt = page.locator(f"{table} tbody tr td:nth-child({col}).best")
+        assert colors_vpt.count() == 1 and colors_vpt.text_content().startswith("50.00")
         browser.close()
 
 
@@ -451,7 +514,9 @@ def test_base_to_new_harmonic_mean_and_unknown_suites(monkeypatch):
     (entry,) = doc["entries"]
     assert entry["base_new_hm"] == pytest.approx(2 * 80 * 60 / 140, rel=1e-5)
     assert entry["average_of_groups"] == 70.0
-    assert "| HM (base, new) |" in lb.render_all(doc)["leaderboard.md"].decode()
+    assert entry["headline"]["key"] == "base_new_hm" and entry["headline"]["mean"] == entry["base_new_hm"]
+    md = lb.render_all(doc)["leaderboard.md"].decode()
+    assert "| HM (base, new) ± std [95% CI] (seeds) |" in md and "| mean over tasks | mean of groups |" in md
     validate(doc)
 
     def missing(name):

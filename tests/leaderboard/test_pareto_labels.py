@@ -26,7 +26,7 @@ def _doc() -> dict:
             "suite_version": "2",
             "backbone": "micro-clip",
             "label": name,
-            "average": {"mean": y},
+            "headline": {"mean": y},
             "efficiency": {"trainable_params_with_head": x},
         }
         for x, y, name in POINTS

@@ -64,12 +64,19 @@ def slot_attention(
     ``attn_bias``: additive float bias broadcastable to (B, heads, L, L) over the sequence keys.
     ``key_padding_mask``: bool (B, L), True where a key is padding. ``head_transform``: a function of
     the attention output (B, heads, L, d_head) applied before heads are merged and projected.
+    Slots read here: ``qkv_delta`` (added to the fused projection), ``after_op["qkv"]`` (on the fused
+    projection's output, before the split into heads), ``proj_delta`` (a function of the merged heads,
+    added to the output projection) and ``after_op["proj"]`` (on the output projection's output).
+    Residual-space key/value tokens are projected by the frozen weights only (not by those slots).
     """
     batch, length, width = x.shape
     head_dim = width // heads
     qkv = F.linear(x, qkv_weight, qkv_bias)
     if slots is not None and slots.qkv_delta is not None:
         qkv = qkv + slots.qkv_delta(x)
+    after_qkv = slots.after_op.get("qkv") if slots is not None and slots.after_op else None
+    if after_qkv is not None:
+        qkv = after_qkv(qkv)
     q, k, v = qkv.view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = q_norm(q), k_norm(k)
 
@@ -107,7 +114,13 @@ def slot_attention(
     if head_transform is not None:
         out = head_transform(out)
     out = out.transpose(1, 2).reshape(batch, length, width)
-    return F.linear(out, out_weight, out_bias)
+    projected = F.linear(out, out_weight, out_bias)
+    if slots is None:
+        return projected
+    if slots.proj_delta is not None:
+        projected = projected + slots.proj_delta(out)
+    after_proj = slots.after_op.get("proj") if slots.after_op else None
+    return after_proj(projected) if after_proj is not None else projected
 
 
 def sequence_bias(

@@ -13,6 +13,9 @@ from .base import Backbone
 
 
 class ImageClassifier(nn.Module):
+    mean: torch.Tensor  # (1, 3, 1, 1) buffers
+    std: torch.Tensor
+
     def __init__(self, backbone: Backbone, head: nn.Module, method: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone

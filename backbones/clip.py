@@ -71,7 +71,7 @@ class ClipImageTower(Tower):
         without it none are."""
         v = self.visual
         x = v.conv1(pixels)
-        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        x = self.after_patch_embed(x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1))
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = v.patch_dropout(torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype))
         first = self.slots[0].input_tokens if self.slots else None
@@ -82,8 +82,30 @@ class ClipImageTower(Tower):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         inserted = Inserted()
         x, _ = self.run_blocks(self.embed(pixels, inserted), inserted)
-        pooled = self.visual.ln_post(x[:, 0])
+        pooled = self.after_final_norm(self.visual.ln_post(x[:, 0]))
         return pooled @ self.visual.proj if self.visual.proj is not None else pooled
+
+    def layer_grid(self, layer: int) -> tuple[int, int] | None:  # noqa: ARG002 - one grid for every layer
+        rows, cols = self.visual.grid_size
+        return int(rows), int(cols)
+
+    @torch.no_grad()
+    def fold_patch_affine(self, scale: torch.Tensor, shift: torch.Tensor, *, undo: bool = False) -> None:
+        """conv1 has no bias: the scale goes into its weight, the shift into the position embedding of
+        the patch rows (added right after; the CLS row is untouched)."""
+        conv, pos = self.visual.conv1, self.visual.positional_embedding
+        scale_w, shift_p = scale.to(conv.weight.dtype).view(-1, 1, 1, 1), shift.to(pos.dtype)
+        if undo:
+            conv.weight.div_(scale_w)
+            pos[1:].sub_(shift_p)
+        else:
+            conv.weight.mul_(scale_w)
+            pos[1:].add_(shift_p)
+
+    def fold_final_affine(self, scale: torch.Tensor, shift: torch.Tensor, *, undo: bool = False) -> None:
+        from .vit import fold_affine
+
+        fold_affine(self.visual.ln_post, scale, shift, undo=undo)
 
 
 class ClipTextTower(Tower):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Backbone
+
+if TYPE_CHECKING:
+    from .clip import ClipBackbone
 
 
 class LinearHead(nn.Module):
@@ -43,6 +47,9 @@ class TextClassifierHead(nn.Module):
     the text tower carries no trainable parameter (DESIGN section 8). Class names enter the prompts
     with ``_`` read as a space (:func:`prompt_class_name`); ``prompt_texts`` holds the texts built."""
 
+    backbone: ClipBackbone  # kind "clip": the interface read here is ClipBackbone's
+    token_ids: torch.Tensor
+
     def __init__(self, backbone: Backbone, class_names: Sequence[str], templates: Sequence[str]) -> None:
         super().__init__()
         if backbone.kind != "clip":
@@ -51,7 +58,7 @@ class TextClassifierHead(nn.Module):
         self.class_names = list(class_names)
         self.templates = list(templates)
         self.prompt_texts = class_prompts(self.class_names, self.templates)  # class-major
-        self.register_buffer("token_ids", backbone.tokenize(self.prompt_texts), persistent=False)
+        self.register_buffer("token_ids", self.backbone.tokenize(self.prompt_texts), persistent=False)
         self._cache: torch.Tensor | None = None
 
     def _compute(self) -> torch.Tensor:
@@ -70,5 +77,5 @@ class TextClassifierHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         text = self.class_features()
-        scale = self.backbone.logit_scale.exp()
+        scale = cast(torch.Tensor, self.backbone.logit_scale).exp()
         return scale * F.normalize(features, dim=-1) @ text.t().to(features.dtype)

@@ -8,7 +8,7 @@ or saves the prompts, and the backbone's own state is untouched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -16,6 +16,9 @@ from torch import nn
 
 Position = Literal["after_first", "end"]
 Mode = Literal["replace", "keep"]
+# The ops of a block whose outputs ``LayerSlots.after_op`` may transform (SSF's scale and shift):
+# the two pre-norms, the fused qkv projection, the attention's output projection and the MLP's linears.
+OPS = ("ln_1", "qkv", "proj", "ln_2", "fc1", "fc2")
 
 
 def _active(tokens: torch.Tensor, mask: torch.Tensor | None, dim: int) -> torch.Tensor:
@@ -120,25 +123,77 @@ class MaskedKV:
 
 
 @dataclass
+class ParallelBranch:
+    """A module beside a block's attention or MLP whose output is added to that branch's output
+    before the residual add (AdaptFormer, Convpass). ``normed``: it reads the branch's normalised
+    input (``ln_1(x)`` / ``ln_2(x)``: Convpass, JieShibo/PETL-ViT convpass/vtab/convpass.py:L8-9);
+    otherwise the residual stream ``x`` itself (AdaptFormer, ShoufaChen/AdaptFormer
+    models/custom_modules.py:L78-79)."""
+
+    module: nn.Module
+    normed: bool = True
+
+
+@dataclass
 class LayerSlots:
-    """What methods may attach to one transformer layer. Empty slots cost nothing."""
+    """What methods may attach to one transformer layer. Empty slots cost nothing: a layer whose
+    slots are all empty runs exactly the ops of the plain block."""
 
     input_tokens: InputTokens | None = None
     kv_residual: MaskedTokens | None = None
     kv_heads: MaskedKV | None = None
     qkv_delta: nn.Module | None = None  # x (B, L, d) -> delta of the fused qkv projection (B, L, 3d): LoRA
+    # Deltas of the other linears of a block, each a function of that linear's input (FacT):
+    proj_delta: nn.Module | None = None  # heads merged (B, L, d) -> delta of the output projection (B, L, d)
+    fc1_delta: nn.Module | None = None  # ln_2(x) (B, L, d) -> delta of the MLP's first linear (B, L, h)
+    fc2_delta: nn.Module | None = None  # activation (B, L, h) -> delta of the MLP's second linear (B, L, d)
+    # op name (OPS) -> a module applied to that op's output (SSF's per-channel scale and shift)
+    after_op: dict[str, nn.Module] = field(default_factory=dict)
     after_attn: nn.Module | None = None  # applied to the attention branch before the residual add
     after_mlp: nn.Module | None = None  # applied to the MLP branch before the residual add
+    parallel_attn: ParallelBranch | None = None  # added to the attention branch (Convpass)
+    parallel_mlp: ParallelBranch | None = None  # added to the MLP branch (AdaptFormer, Convpass)
 
     def is_empty(self) -> bool:
-        return all(
+        return not self.after_op and all(
             v is None
             for v in (
                 self.input_tokens,
                 self.kv_residual,
                 self.kv_heads,
                 self.qkv_delta,
+                self.proj_delta,
+                self.fc1_delta,
+                self.fc2_delta,
                 self.after_attn,
                 self.after_mlp,
+                self.parallel_attn,
+                self.parallel_mlp,
             )
         )
+
+    def modules(self) -> list[nn.Module]:
+        """Every module this layer's slots hold (what may carry trainable parameters)."""
+        mods = [
+            self.qkv_delta,
+            self.proj_delta,
+            self.fc1_delta,
+            self.fc2_delta,
+            self.after_attn,
+            self.after_mlp,
+            *self.after_op.values(),
+            *(b.module for b in (self.parallel_attn, self.parallel_mlp) if b is not None),
+        ]
+        return [m for m in mods if m is not None]
+
+
+@dataclass
+class TowerSlots:
+    """Tower-level insertion points outside the blocks (SSF's scale and shift after the patch
+    embedding and after the final norm, dongzelian/SSF models/vision_transformer.py:L366-367, L532-533)."""
+
+    after_patch_embed: nn.Module | None = None  # patch tokens (B, N, d) or map (B, H, W, d), before CLS/pos
+    after_final_norm: nn.Module | None = None  # the tower's final norm output
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.after_patch_embed, self.after_final_norm) if m is not None]

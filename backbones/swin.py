@@ -47,7 +47,7 @@ from .base import Backbone
 from .random_features import random_feature_init
 from .slots import InputTokens, LayerSlots
 from .tower import BlockView, Inserted, Tower
-from .vit import IMAGENET_MEAN, IMAGENET_STD, create_timm_model, timm_image_facts
+from .vit import IMAGENET_MEAN, IMAGENET_STD, create_timm_model, fold_affine, timm_image_facts
 
 TINY_SWIN = {
     "img_size": 32,
@@ -79,14 +79,9 @@ class SwinBlockView(BlockView):
         seq = x.reshape(batch, height * width, dim)
         if n:
             seq = torch.cat([prompts, seq], dim=1)
-        a = self._window_attention(self.ln_1(seq), n, height, width, slots)
-        if slots.after_attn is not None:
-            a = slots.after_attn(a)
-        seq = seq + a
-        m = self.mlp(self.ln_2(seq))
-        if slots.after_mlp is not None:
-            m = slots.after_mlp(m)
-        seq = seq + m
+        h = self.norm_1(seq, slots)
+        seq = seq + self.finish_attention(self._window_attention(h, n, height, width, slots), seq, h, slots)
+        seq = seq + self.mlp_branch(seq, slots)  # ls_1 / ls_2 are identities on Swin
         return seq[:, n:].reshape(batch, height, width, dim), seq[:, :n]
 
     def _window_attention(
@@ -229,7 +224,7 @@ class SwinImageTower(Tower):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         s = self.swin
-        x = s.patch_embed(pixels)  # (B, H, W, C): patch conv + LayerNorm
+        x = self.after_patch_embed(s.patch_embed(pixels))  # (B, H, W, C): patch conv + LayerNorm
         batch = x.shape[0]
         prompts = x.new_zeros(batch, 0, x.shape[-1])
         inserted = Inserted()
@@ -245,11 +240,25 @@ class SwinImageTower(Tower):
                     prompts = _place_prompts(prompts, slots.input_tokens, inserted, batch)
                 x, prompts = view.forward_map(x, prompts, slots)  # type: ignore[attr-defined]
                 layer += 1
-        x = s.norm(x)
+        x = self.after_final_norm(s.norm(x))
         if prompts.shape[1]:
-            tokens = torch.cat([s.norm(prompts), x.flatten(1, 2)], dim=1)
+            tokens = torch.cat([self.after_final_norm(s.norm(prompts)), x.flatten(1, 2)], dim=1)
             return tokens.mean(1)
         return s.forward_head(x, pre_logits=True)
+
+
+    def layer_grid(self, layer: int) -> tuple[int, int] | None:
+        """The block's feature map (its patch grid; prompts, if any, lead the stream)."""
+        rows, cols = self._views[layer].block.input_resolution  # type: ignore[union-attr]
+        return int(rows), int(cols)
+
+    def fold_patch_affine(self, scale: torch.Tensor, shift: torch.Tensor, *, undo: bool = False) -> None:
+        norm = self.swin.patch_embed.norm
+        target = self.swin.patch_embed.proj if isinstance(norm, nn.Identity) else norm
+        fold_affine(target, scale, shift, undo=undo)
+
+    def fold_final_affine(self, scale: torch.Tensor, shift: torch.Tensor, *, undo: bool = False) -> None:
+        fold_affine(self.swin.norm, scale, shift, undo=undo)
 
 
 class TimmSwinBackbone(Backbone):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .attention import slot_attention
-from .slots import InputTokens, LayerSlots
+from .slots import InputTokens, LayerSlots, TowerSlots
 
 
 @dataclass
@@ -33,7 +33,7 @@ class BlockView:
     k_norm: nn.Module | None = None
 
     def forward(self, x: torch.Tensor, slots: LayerSlots, heads: int, causal: bool) -> torch.Tensor:
-        h = self.ln_1(x)
+        h = self.norm_1(x, slots)
         a = slot_attention(
             h,
             self.qkv_weight(),
@@ -47,14 +47,90 @@ class BlockView:
             q_norm=self.q_norm if self.q_norm is not None else _identity,
             k_norm=self.k_norm if self.k_norm is not None else _identity,
         )
+        x = x + self.finish_attention(a, x, h, slots)
+        return x + self.mlp_branch(x, slots)
+
+    # The pieces of a pre-norm block every tower's loop shares (Swin calls them around its windows).
+    def norm_1(self, x: torch.Tensor, slots: LayerSlots) -> torch.Tensor:
+        """``ln_1(x)``, then ``after_op["ln_1"]`` when filled."""
+        h = self.ln_1(x)
+        after = slots.after_op.get("ln_1") if slots.after_op else None
+        return after(h) if after is not None else h
+
+    def finish_attention(
+        self, a: torch.Tensor, x: torch.Tensor, h: torch.Tensor, slots: LayerSlots
+    ) -> torch.Tensor:
+        """The attention branch before the residual add: layer scale, ``after_attn``, then the
+        ``parallel_attn`` branch of ``h`` (normalised) or ``x`` added."""
         a = self.ls_1(a)
         if slots.after_attn is not None:
             a = slots.after_attn(a)
-        x = x + a
-        m = self.ls_2(self.mlp(self.ln_2(x)))
+        if slots.parallel_attn is not None:
+            a = a + slots.parallel_attn.module(h if slots.parallel_attn.normed else x)
+        return a
+
+    def mlp_branch(self, x: torch.Tensor, slots: LayerSlots) -> torch.Tensor:
+        """``ls_2(mlp(ln_2(x)))`` with the MLP slots: ``after_op`` on ln_2/fc1/fc2, the fc1/fc2 deltas,
+        ``after_mlp``, then the ``parallel_mlp`` branch added."""
+        h = self.ln_2(x)
+        ops = slots.after_op
+        if ops and "ln_2" in ops:
+            h = ops["ln_2"](h)
+        inside = slots.fc1_delta is not None or slots.fc2_delta is not None or "fc1" in ops or "fc2" in ops
+        m = self.ls_2(self._mlp_with_slots(h, slots) if inside else self.mlp(h))
         if slots.after_mlp is not None:
             m = slots.after_mlp(m)
-        return x + m
+        if slots.parallel_mlp is not None:
+            m = m + slots.parallel_mlp.module(h if slots.parallel_mlp.normed else x)
+        return m
+
+    def mlp_parts(self) -> MlpParts:
+        """The block's MLP as its two linears and what runs between them (read in place)."""
+        return mlp_parts(self.mlp)
+
+    def _mlp_with_slots(self, h: torch.Tensor, slots: LayerSlots) -> torch.Tensor:
+        parts = self.mlp_parts()
+        ops = slots.after_op
+        u = parts.fc1(h)
+        if slots.fc1_delta is not None:
+            u = u + slots.fc1_delta(h)
+        if "fc1" in ops:
+            u = ops["fc1"](u)
+        u = parts.between(u)
+        y = parts.fc2(u)
+        if slots.fc2_delta is not None:
+            y = y + slots.fc2_delta(u)
+        if "fc2" in ops:
+            y = ops["fc2"](y)
+        return parts.after(y)
+
+
+@dataclass
+class MlpParts:
+    """A block MLP taken apart: ``after(fc2(between(fc1(h))))`` equals ``mlp(h)``."""
+
+    fc1: nn.Linear
+    between: Callable[[torch.Tensor], torch.Tensor]  # activation (+ timm's dropout and hidden norm)
+    fc2: nn.Linear
+    after: Callable[[torch.Tensor], torch.Tensor]  # timm's output dropout (identity in eval mode)
+
+
+def mlp_parts(mlp: nn.Module) -> MlpParts:
+    """timm's ``Mlp`` (fc1, act, drop1, norm, fc2, drop2) or open_clip's (c_fc, gelu, c_proj); any other
+    MLP (gated, SwiGLU) has no single fc1/fc2 pair and is refused."""
+    if isinstance(getattr(mlp, "fc1", None), nn.Linear) and isinstance(getattr(mlp, "fc2", None), nn.Linear):
+        if getattr(mlp, "chunk", None) is not None or hasattr(mlp, "gate"):
+            raise ValueError(f"{type(mlp).__name__}: gated MLPs have no single fc1/fc2 pair")
+        m = mlp
+
+        def between(u: torch.Tensor) -> torch.Tensor:
+            return m.norm(m.drop1(m.act(u)))
+
+        return MlpParts(m.fc1, between, m.fc2, m.drop2)
+    c_fc, c_proj = getattr(mlp, "c_fc", None), getattr(mlp, "c_proj", None)
+    if isinstance(c_fc, nn.Linear) and isinstance(c_proj, nn.Linear):
+        return MlpParts(mlp.c_fc, mlp.gelu, mlp.c_proj, _identity)
+    raise ValueError(f"unsupported MLP {type(mlp).__name__}: expected timm Mlp or open_clip's c_fc/c_proj")
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -117,6 +193,7 @@ class Tower(nn.Module):
         super().__init__()
         self._views: list[BlockView] = []
         self.slots: list[LayerSlots] = []
+        self.tower_slots = TowerSlots()
         self._layer_widths: tuple[int, ...] | None = None
         self._layer_heads: tuple[int, ...] | None = None
 
@@ -138,6 +215,30 @@ class Tower(nn.Module):
 
     def clear_slots(self) -> None:
         self.slots = [LayerSlots() for _ in self._views]
+        self.tower_slots = TowerSlots()
+
+    def layer_grid(self, layer: int) -> tuple[int, int] | None:  # noqa: ARG002 - per-layer on Swin
+        """The (rows, cols) patch grid whose tokens are the last ``rows * cols`` of layer ``layer``'s
+        stream (after CLS and any prompts placed after it); None for towers without one (text).
+        Convolutional branches (Convpass) need it."""
+        return None
+
+    def fold_patch_affine(self, scale: torch.Tensor, shift: torch.Tensor, *, undo: bool = False) -> None:
+        """Fold ``y -> scale * y + shift`` on the patch embedding's output into the frozen weights
+        (SSF's ``fold``; ``undo``: take it out again); towers with a patch embedding implement it."""
+        raise NotImplementedError(f"tower {self.name!r} has no patch embedding to fold a scale/shift into")
+
+    def fold_final_affine(self, scale: torch.Tensor, shift: torch.Tensor, *, undo: bool = False) -> None:
+        """Fold ``y -> scale * y + shift`` on the final norm's output into that norm's affine."""
+        raise NotImplementedError(f"tower {self.name!r} has no final norm to fold a scale and shift into")
+
+    def after_patch_embed(self, x: torch.Tensor) -> torch.Tensor:
+        slot = self.tower_slots.after_patch_embed
+        return slot(x) if slot is not None else x
+
+    def after_final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        slot = self.tower_slots.after_final_norm
+        return slot(x) if slot is not None else x
 
     @property
     def head_dim(self) -> int:
@@ -169,9 +270,11 @@ class Tower(nn.Module):
                     tensors = [getattr(item, f) for f in ("tokens", "keys", "values") if hasattr(item, f)]
                     if any(t.requires_grad for t in tensors):
                         return True
-            for mod in (s.qkv_delta, s.after_attn, s.after_mlp):
-                if mod is not None and any(p.requires_grad for p in mod.parameters()):
+            for mod in s.modules():
+                if any(p.requires_grad for p in mod.parameters()):
                     return True
+        if any(p.requires_grad for mod in self.tower_slots.modules() for p in mod.parameters()):
+            return True
         return bool(getattr(self, "token_embeddings", None))
 
     def check_input_tokens(self) -> None:

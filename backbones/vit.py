@@ -69,10 +69,39 @@ class TimmViTImageTower(Tower):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         v = self.vit
-        x = v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(pixels))))
+        x = v.norm_pre(v.patch_drop(v._pos_embed(self.after_patch_embed(v.patch_embed(pixels)))))
         x, inserted = self.run_blocks(x)
-        x = strip_inserted(v.norm(x), inserted)
+        x = strip_inserted(self.after_final_norm(v.norm(x)), inserted)
         return v.forward_head(x, pre_logits=True)
+
+    def layer_grid(self, layer: int) -> tuple[int, int] | None:  # noqa: ARG002 - one grid for every layer
+        rows, cols = self.vit.patch_embed.grid_size
+        return int(rows), int(cols)
+
+    def fold_patch_affine(self, scale: torch.Tensor, shift: torch.Tensor, *, undo: bool = False) -> None:
+        pe = self.vit.patch_embed
+        fold_affine(pe.proj if isinstance(pe.norm, nn.Identity) else pe.norm, scale, shift, undo=undo)
+
+    def fold_final_affine(self, scale: torch.Tensor, shift: torch.Tensor, *, undo: bool = False) -> None:
+        fold_affine(self.vit.norm, scale, shift, undo=undo)
+
+
+@torch.no_grad()
+def fold_affine(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor, *, undo: bool = False) -> None:
+    """Make ``module``'s output ``scale * y + shift`` (per output channel) by changing its weight and
+    bias in place: a Linear, a Conv or an affine LayerNorm, whose bias must exist. ``undo`` applies
+    the exact inverse (what a fold with the same scale and shift did is taken out again)."""
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    if not isinstance(weight, torch.Tensor) or not isinstance(bias, torch.Tensor):
+        raise ValueError(f"{type(module).__name__} has no weight and bias to fold a scale and shift into")
+    view = (-1,) + (1,) * (weight.dim() - 1)
+    scale_w, scale_b, shift_b = scale.to(weight.dtype).view(view), scale.to(bias.dtype), shift.to(bias.dtype)
+    if undo:
+        weight.div_(scale_w)
+        bias.sub_(shift_b).div_(scale_b)
+    else:
+        weight.mul_(scale_w)
+        bias.mul_(scale_b).add_(shift_b)
 
 
 def timm_image_facts(

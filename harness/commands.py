@@ -701,6 +701,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from petlbench.leaderboard.build import build, check, plot
 
+    if args.leaderboard_command == "plot":
+        out = args.out if args.out is not None else Path(f"{args.y}-vs-{args.x}.svg")
+        plot(args.leaderboard, out, args.x, args.y)
+        print(f"plot: {args.y} vs {args.x} from {args.leaderboard} -> {out}")
+        return 0
     if args.leaderboard_command == "build":
         doc = build(args.records, args.out)
         print(

@@ -345,7 +345,9 @@ class Runner:
 
         selection_key = f"selection_{task.metric}"
         result: dict[str, Any] = {}
-        if method_cls.trains:
+        # A training-free method that builds its head from the training split (Tip-Adapter's cache)
+        # runs its stages too; they hold no trainable stage, so no optimiser is ever built.
+        if method_cls.trains or any(stage.prepare is not None for stage in method.stages()):
             with PeakMemory(self.device) as train_peak:
                 trained = self._train_stages(
                     spec,
@@ -356,6 +358,7 @@ class Runner:
                     on_step,
                     lambda: {selection_key: score(selection)},
                     cache,
+                    selection=selection,
                 )
             trained["train"]["memory"] = train_peak.result()
             result.update(trained)
@@ -504,6 +507,7 @@ class Runner:
         fit: Callable[[Trainer, Callable[[], dict[str, float]]], TrainResult] | None = None,
         batches: Callable[[], Iterator[Any]] | None = None,
         train_examples: int | None = None,
+        selection: TensorImageDataset | None = None,
     ) -> dict[str, Any]:
         """Run the method's stages in order. A finished stage leaves its state on disk, so a crash
         resumes in the stage it was in; within a stage the trainer resumes from its last epoch.
@@ -532,6 +536,14 @@ class Runner:
 
         batches = batches or image_batches
 
+        def selection_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            assert selection is not None
+            for start in range(0, len(selection), protocol.eval_batch_size):
+                yield (
+                    to_pixels(selection.images[start : start + protocol.eval_batch_size], self.device),
+                    selection.labels[start : start + protocol.eval_batch_size].to(self.device),
+                )
+
         for index, stage in enumerate(method.stages()):
             done = run_dir / f"stage{index}-{stage.name}.done.safetensors" if run_dir is not None else None
             state = _read_stage(done, self.device) if done is not None and done.exists() else None
@@ -544,7 +556,15 @@ class Runner:
                 continue
             if stage.prepare is not None:
                 stage.prepare(
-                    StageContext(model, method, self.device, spec.seed, batches, dict(stage_results))
+                    StageContext(
+                        model,
+                        method,
+                        self.device,
+                        spec.seed,
+                        batches,
+                        dict(stage_results),
+                        selection_batches if selection is not None else None,
+                    )
                 )
             stage_history: list[dict[str, Any]] = []
             if stage.train:

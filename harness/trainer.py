@@ -23,7 +23,7 @@ from torch import nn
 
 from petlbench.backbones.classifier import ImageClassifier
 from petlbench.benchmarks.data import TensorImageDataset
-from petlbench.methods.base import Callback, Method
+from petlbench.methods.base import Callback, LossContext, Method, frozen_backbone
 
 from .checkpoint import CheckpointError, load_state, save_state
 from .data import to_pixels
@@ -57,6 +57,7 @@ class TrainContext:
     step: int = 0  # global optimisation step, counted from 0
     steps_per_epoch: int = 0
     loss: float = float("nan")
+    epochs: int = 0  # the stage's epochs (PromptSRC's Gaussian weights over epochs need the total)
 
 
 @dataclass
@@ -162,6 +163,8 @@ class Trainer:
         self.frozen_image_tower = cache_features
         # Draws this epoch's augmentation: seeded by (seed, epoch) at the start of every epoch.
         self.augment_generator = torch.Generator()
+        self._epoch = 0  # where the loop is, for LossContext
+        self._step = 0
 
     # ----- checkpoint ---------------------------------------------------------------------------
     def _save(self, epoch: int, ctx: TrainContext, sched: Any, result: TrainResult) -> None:
@@ -210,7 +213,10 @@ class Trainer:
         train: TensorImageDataset,
         evaluate: Callable[[], dict[str, float]] | None = None,
     ) -> TrainResult:
-        """Train a classifier on ``train`` with cross-entropy on its labels."""
+        """Train a classifier on ``train`` with cross-entropy on its labels, plus the method's
+        :meth:`Method.extra_loss` when it has one (a :class:`LossContext` with the batch's logits,
+        features and, on demand, the frozen backbone's features, cached per example when the
+        images are the same every epoch)."""
         if len(train) == 0:
             raise ValueError("empty training set")
         self.model.to(self.device)
@@ -225,22 +231,47 @@ class Trainer:
         if self.cache_features:
             cached = image_features(self.model, train, self.device, self.cfg.eval_batch_size)
 
-            def forward(idx: torch.Tensor) -> torch.Tensor:
-                return self.model.head(cached[idx.to(cached.device)])
+            def features(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return cached[idx.to(cached.device)], torch.empty(0)
         elif self.frozen_image_tower:
 
-            def forward(idx: torch.Tensor) -> torch.Tensor:
+            def features(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                px = pixels(idx)
                 with torch.no_grad():  # frozen tower, augmented input: no autograd graph to keep
-                    feats = self.model.features(pixels(idx))
-                return self.model.head(feats)
+                    return self.model.features(px), px
         else:
 
-            def forward(idx: torch.Tensor) -> torch.Tensor:
-                return self.model(pixels(idx))
+            def features(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                px = pixels(idx)
+                return self.model.features(px), px
+
+        extra = self.method.has_extra_loss()
+        teacher_cache: dict[int, torch.Tensor] = {}  # frozen features per example (fixed images only)
 
         def batch_loss(idx: torch.Tensor) -> torch.Tensor:
             labels = train.labels[idx].to(self.device)
-            return F.cross_entropy(forward(idx).float(), labels)
+            feats, px = features(idx)
+            logits = self.model.head(feats)
+            loss = F.cross_entropy(logits.float(), labels)
+            if not extra:
+                return loss
+
+            def frozen() -> torch.Tensor:
+                if self.frozen_image_tower:  # the method leaves the image tower as it is
+                    return feats.detach()
+                if not self.augments and all(int(i) in teacher_cache for i in idx):
+                    return torch.stack([teacher_cache[int(i)] for i in idx])
+                with torch.no_grad(), frozen_backbone(self.model.backbone):
+                    out = self.model.features(px)
+                if not self.augments:
+                    for i, f in zip(idx.tolist(), out, strict=True):
+                        teacher_cache[i] = f
+                return out
+
+            term = self.method.extra_loss(
+                LossContext(logits, labels, feats, self.model.head, idx, self._epoch, self._step, frozen)
+            )
+            return loss if term is None else loss + term.float()
 
         return self.fit_loss(len(train), batch_loss, evaluate)
 
@@ -263,7 +294,9 @@ class Trainer:
         self.model.to(self.device)  # before the optimizer, so restored optimizer state lands on device
         optimizer = build_optimizer(self.params, cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
-        ctx = TrainContext(self.model, self.method, optimizer, steps_per_epoch=steps_per_epoch)
+        ctx = TrainContext(
+            self.model, self.method, optimizer, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs
+        )
         result = TrainResult()
         start_epoch = self._load(ctx, sched, result)
         for cb in self.callbacks:
@@ -281,6 +314,7 @@ class Trainer:
             loss_sum = 0.0
             for i in range(steps_per_epoch):
                 idx = order[i * batch : (i + 1) * batch]
+                self._epoch, self._step = epoch, ctx.step
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                     loss = batch_loss(idx)
                 optimizer.zero_grad(set_to_none=True)

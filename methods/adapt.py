@@ -65,7 +65,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -217,7 +217,7 @@ class Adapt(Method):
         mask buffer, so pruning in place is seen at once)."""
         for branch, params in self.prompts.items():
             tower, mask = self._towers[branch], self.mask(branch)
-            for layer, p in enumerate(params):
+            for layer, p in enumerate(cast(nn.ParameterList, params)):
                 tower.slots[layer].kv_residual = MaskedTokens(p, mask[layer])
 
     def _apply(self, fn: Any, recurse: bool = True) -> Adapt:
@@ -238,7 +238,7 @@ class Adapt(Method):
 
     def prompt(self, branch: str) -> torch.Tensor:
         """P of ``branch`` as one (layers, xi, width) tensor (a stacked copy, for inspection)."""
-        return torch.stack([p.detach() for p in self.prompts[branch]])
+        return torch.stack([p.detach() for p in cast(nn.ParameterList, self.prompts[branch])])
 
     def initial_tokens(self) -> int:
         """Prompt slots attached over all branches (layers x xi each): the active total before pruning."""
@@ -291,7 +291,7 @@ class Adapt(Method):
         out = {}
         for branch, params in self.prompts.items():
             rows = []
-            for p in params:
+            for p in cast(nn.ParameterList, params):
                 value = p.detach()
                 if kind == "l2":
                     rows.append(value.abs().sum(-1))
@@ -312,7 +312,9 @@ class Adapt(Method):
         count = min(count, self.active_total() - self.target_tokens())
         if count <= 0:
             return []
-        flat, active, where = [], [], []
+        flat: list[torch.Tensor] = []
+        active: list[torch.Tensor] = []
+        where: list[tuple[str, int, int]] = []
         for branch in self.branches:
             s = scores[branch].detach().to("cpu", torch.float64)
             mask = self.mask(branch).cpu()
@@ -458,7 +460,7 @@ class AdaptPruner(Callback):
         scores = state.get("scores")
         self.scores = None if scores is None else {b: s.clone().float() for b, s in scores.items()}
         self.accumulated = int(state.get("accumulated", 0))
-        self.history = [tuple(h) for h in state.get("history", [])]  # type: ignore[misc]
+        self.history = [tuple(h) for h in state.get("history", [])]
         self.last_step = int(state.get("last_step", 0))
         self.steps_per_epoch = int(state.get("steps_per_epoch", 0))
 
@@ -519,6 +521,7 @@ def draw_context_lengths(describe: dict[str, Any]) -> tuple[Any, dict[str, list[
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise UserError("plotting Adapt masks needs matplotlib: pip install matplotlib") from None
     masks = describe.get("masks") or {}
@@ -549,7 +552,7 @@ def draw_context_lengths(describe: dict[str, Any]) -> tuple[Any, dict[str, list[
     bars_ax.set_ylim(0, xi + 0.5)
     bars_ax.set_xlabel("layer (prompt depth)")
     bars_ax.set_ylabel("active context tokens")
-    bars_ax.yaxis.get_major_locator().set_params(integer=True)
+    cast(MaxNLocator, bars_ax.yaxis.get_major_locator()).set_params(integer=True)
     bars_ax.legend(loc="upper right", fontsize=8)
     for row, branch in enumerate(masks, start=1):  # rows: branches; columns: points of the pruning
         for col, (step, snapshot) in enumerate(snapshots):

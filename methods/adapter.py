@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -147,11 +147,14 @@ class Adapter(Method):
             self.adapters[tower_name] = per_place
             for layer in range(tower.depth):
                 if "attn" in per_place:
-                    tower.slots[layer].after_attn = per_place["attn"][layer]
-                tower.slots[layer].after_mlp = per_place["mlp"][layer]
+                    tower.slots[layer].after_attn = cast(nn.ModuleList, per_place["attn"])[layer]
+                tower.slots[layer].after_mlp = cast(nn.ModuleList, per_place["mlp"])[layer]
 
     def describe(self) -> dict[str, Any]:
         return {
             "style": self.config.style,
-            "bottleneck": {t: int(places["mlp"][0].down.out_features) for t, places in self.adapters.items()},
+            "bottleneck": {
+                t: int(cast(BottleneckAdapter, places.get_submodule("mlp.0")).down.out_features)
+                for t, places in self.adapters.items()
+            },
         }

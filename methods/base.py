@@ -9,11 +9,12 @@ declared as class attributes.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from petlbench.backbones.base import Backbone
+from petlbench.backbones.slots import LayerSlots
 from petlbench.errors import UserError
 
 MAX_TOKENS = 4096  # tokens / prompts / prefixes per layer: more than any sequence a backbone here takes
@@ -38,6 +40,68 @@ class StageContext:
     seed: int
     batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # one pass: (pixels, labels) on device
     previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # results of finished stages by name
+    # One pass over the selection split (pixels, labels), for methods that choose a setting on it
+    # before the model is scored (Tip-Adapter's alpha/beta search); None where the run has none.
+    selection_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None
+
+
+@dataclass
+class LossContext:
+    """What :meth:`Method.extra_loss` sees for one training batch.
+
+    ``features`` are the image features the head received (with the method's image-side slots, so
+    they carry gradients when the image tower is prompted); ``logits`` the head's output on them.
+    ``frozen_image_features()`` gives the frozen backbone's features of the same images (every slot
+    emptied, :func:`frozen_backbone`), computed without autograd, and cached per training example
+    by the trainer when the images are the same every epoch (no augmentation), or equal to
+    ``features`` when the method leaves the image tower untouched; it is only computed if called.
+    """
+
+    logits: torch.Tensor  # (B, C)
+    labels: torch.Tensor  # (B,)
+    features: torch.Tensor  # (B, D)
+    head: nn.Module
+    index: torch.Tensor  # (B,) positions of the batch's examples in the training set
+    epoch: int
+    step: int
+    frozen_image_features: Callable[[], torch.Tensor]
+
+
+@contextlib.contextmanager
+def frozen_backbone(backbone: Backbone) -> Iterator[Backbone]:
+    """The backbone as it was before any method attached: every tower's slots (and CLIP's
+    ``token_embeddings`` slot) are emptied for the duration and restored afterwards, so a frozen
+    teacher (KgCoOp's hand-crafted text features, PromptSRC's zero-shot features) runs through the
+    same modules the method modifies. Weights a method merged in place (LoRA ``merge``) are not
+    undone: merging happens after training, when no teacher is asked for."""
+    saved = []
+    for tower in backbone.towers.values():
+        saved.append((tower, tower.slots, getattr(tower, "token_embeddings", None)))
+        tower.slots = [LayerSlots() for _ in tower.slots]
+        if hasattr(tower, "token_embeddings"):
+            tower.token_embeddings = None
+    try:
+        yield backbone
+    finally:
+        for tower, slots, token_embeddings in saved:
+            tower.slots = slots
+            if hasattr(tower, "token_embeddings"):
+                tower.token_embeddings = token_embeddings
+
+
+@torch.no_grad()
+def frozen_class_features(
+    backbone: Backbone, class_names: Sequence[str], templates: Sequence[str]
+) -> torch.Tensor:
+    """Hand-crafted class text features (C, D) of the frozen CLIP (no method slots): each class's
+    template prompts normalised, averaged over templates and normalised again, as zero-shot CLIP
+    and the text head form them (one template: just its normalised feature). Computed once where a
+    method's head is built, since neither the frozen tower nor the class names change."""
+    from petlbench.backbones.heads import TextClassifierHead
+
+    with frozen_backbone(backbone):
+        head = TextClassifierHead(backbone, list(class_names), list(templates))
+        return head.to(backbone.logit_scale.device).class_features().detach()
 
 
 @dataclass
@@ -198,6 +262,21 @@ class Method(nn.Module, abc.ABC):
 
     def callbacks(self) -> list[Callback]:
         return []
+
+    def extra_loss(self, ctx: LossContext) -> torch.Tensor | None:
+        """A term added to the cross-entropy of every training batch, or None (the default: plain
+        cross-entropy). Regularisers that compare the tuned model with the frozen one read what they
+        need from ``ctx`` (see :class:`LossContext`): the batch's logits, labels and image features,
+        the head (which may keep the class features it just computed), and the frozen backbone's
+        image features of the batch. Fixed teacher outputs (hand-crafted class text features) are
+        best computed once where the head is built (:func:`frozen_class_features`). KgCoOp uses it
+        for its text-feature distance to the hand-crafted prompts."""
+        return None
+
+    @classmethod
+    def has_extra_loss(cls) -> bool:
+        """True when the method adds a term to the loss (the trainer then builds a LossContext)."""
+        return cls.extra_loss is not Method.extra_loss
 
     def stages(self) -> list[Stage]:
         return [Stage("train")]

@@ -68,7 +68,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -174,6 +174,14 @@ class E2VPT(Method):
         "epochs": 100,
         "warmup_epochs": 10,
     }
+    # the pruning gates and buffers, created by attach when ``prune`` is on
+    token_gate: nn.Parameter
+    segment_gate: nn.Parameter
+    token_keep: torch.Tensor
+    segment_keep: torch.Tensor
+    token_importance: torch.Tensor
+    segment_importance: torch.Tensor
+    pruned: torch.Tensor
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -278,7 +286,8 @@ class E2VPT(Method):
             )
         for name, keys in self.kv.items():
             values = keys if self.config.share_kv else self.kv_values[name]
-            for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
+            pairs = zip(cast(nn.ParameterList, keys), cast(nn.ParameterList, values), strict=True)
+            for layer, (k, v) in enumerate(pairs):
                 self._towers[name].slots[layer].kv_heads = MaskedKV(k, v)
 
     # ----- masks --------------------------------------------------------------------------------
@@ -303,10 +312,14 @@ class E2VPT(Method):
             return torch.ones(self.config.visual_tokens, width or self._width, dtype=torch.bool)
         return self.token_keep.unsqueeze(1) & self._expand_segments(self.segment_keep, width)
 
+    def _kv_lists(self) -> list[nn.ParameterList]:
+        """Every KV prompt list (keys, then separate values): the ModuleDicts hold ParameterLists."""
+        return [cast(nn.ParameterList, lst) for lst in (*self.kv.values(), *self.kv_values.values())]
+
     # ----- counting -----------------------------------------------------------------------------
     def num_trainable_parameters(self) -> int:
         visual = sum(int(self.channel_keep(p.shape[1]).sum()) for p in self.visual)
-        kv = sum(p.numel() for lst in (*self.kv.values(), *self.kv_values.values()) for p in lst)
+        kv = sum(p.numel() for lst in self._kv_lists() for p in lst)
         gates = 0
         if self.config.prune:
             gates = sum(g.numel() for g in (self.token_gate, self.segment_gate) if g.requires_grad)
@@ -426,7 +439,7 @@ class E2VPT(Method):
         bound = _visual_bound(self._width)
         for p in self.visual:
             p.copy_(torch.empty(p.shape, dtype=p.dtype).uniform_(-bound, bound, generator=gen))
-        for lst in (*self.kv.values(), *self.kv_values.values()):
+        for lst in self._kv_lists():
             for p in lst:
                 value = _init_kv_(torch.empty(p.shape, dtype=p.dtype), self.config.kv_init, gen)
                 p.copy_(value)
@@ -442,7 +455,9 @@ class E2VPT(Method):
         c = self.config
         out: dict[str, Any] = {
             "visual_tokens_per_layer": [int(p.shape[0]) for p in self.visual],
-            "kv_tokens_per_layer": {name: [int(p.shape[1]) for p in lst] for name, lst in self.kv.items()},
+            "kv_tokens_per_layer": {
+                name: [int(p.shape[1]) for p in cast(nn.ParameterList, lst)] for name, lst in self.kv.items()
+            },
             "share_kv": c.share_kv,
             "trainable_parameters": self.num_trainable_parameters(),
         }

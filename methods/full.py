@@ -21,6 +21,7 @@ class FullFineTune(Method):
     family = "baseline"
     paper = "full fine-tuning (baseline in Jia et al. 2022, VPT)"
     towers = ("image",)
+    _backbone: Backbone  # set by attach, outside the module tree
 
     def attach(self, backbone: Backbone) -> None:
         self.__dict__["_backbone"] = backbone  # a reference: the classifier owns the backbone

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -189,7 +189,7 @@ class PrefixTuning(Method):
                     nn.Linear(c.projection_dim, out),
                 )
                 with torch.no_grad():
-                    for lin in (mlp[0], mlp[2]):
+                    for lin in (cast(nn.Linear, mlp[0]), cast(nn.Linear, mlp[2])):
                         lin.weight.normal_(0.0, 0.02)
                         lin.bias.zero_()
                 self.mlps[name] = mlp
@@ -207,9 +207,10 @@ class PrefixTuning(Method):
         if tower_name in self.prefixes:
             kv = self.prefixes[tower_name][:, cols]
         else:
-            mlp = self.mlps[tower_name]
+            mlp = cast(nn.Sequential, self.mlps[tower_name])
+            last = cast(nn.Linear, mlp[2])
             hidden = mlp[1](mlp[0](self.embeddings[tower_name]))
-            kv = F.linear(hidden, mlp[2].weight[cols], mlp[2].bias[cols])
+            kv = F.linear(hidden, last.weight[cols], last.bias[cols])
         kv = self.dropout(kv)
         heads, head_dim = tower.layer_heads(layer), tower.layer_head_dim(layer)
         keys, values = kv.view(kv.shape[0], 2, heads, head_dim).permute(1, 2, 0, 3).unbind(0)

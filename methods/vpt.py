@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -181,7 +181,8 @@ class VPT(Method):
     def describe(self) -> dict:
         return {
             "tokens_per_layer": {
-                name: [int(p.shape[0]) for p in params] for name, params in self.prompts.items()
+                name: [int(p.shape[0]) for p in cast(nn.ParameterList, params)]
+                for name, params in self.prompts.items()
             },
             "layout": getattr(self, "_layout", None),
             "init": getattr(self, "_init", None),

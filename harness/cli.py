@@ -122,8 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(random weights): absolute figures labelled with the hardware, and the ratio to the plain "
         "backbone's step (frozen backbone + linear head) timed step by step in the same process.",
     )
-    pf.add_argument("--method", required=True, help="a registered method (see `bench methods`)")
-    pf.add_argument("--backbone", required=True, help="e.g. vit-b16 or clip-vit-b16 (real architecture)")
+    pf.add_argument("--method", help="a registered method (see `bench methods`)")
+    pf.add_argument("--backbone", help="e.g. vit-b16 or clip-vit-b16 (real architecture)")
+    pf.add_argument(
+        "--for-records",
+        type=Path,
+        metavar="FOLDER",
+        help="instead: measure every (method, options, backbone) of these records (e.g. leaderboard/records) "
+        "and write one JSON line each to --out (the leaderboard's speed column)",
+    )
+    pf.add_argument("--out", type=Path, help="with --for-records: the JSON-lines file to write")
     pf.add_argument("--set", dest="method_options", action="append", metavar="KEY=VALUE", help="an option")
     pf.add_argument("--batch-size", type=int, help="images per step (default: 8 on CPU, 32 on GPU)")
     pf.add_argument("--steps", type=int, help="timed steps of each (default: 5 on CPU, 10 on GPU)")

@@ -471,6 +471,10 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from .runner import resolve_device
 
     device = resolve_device(args.device)
+    if args.for_records is not None:
+        return _perf_for_records(args, device)
+    if not args.method or not args.backbone:
+        raise UserError("bench perf: give --method and --backbone, or --for-records FOLDER --out FILE")
     with console.status(f"timing {args.method} on {args.backbone} ({device})") as status:
 
         def on_step(done: int, total: int) -> None:
@@ -512,6 +516,30 @@ def cmd_perf(args: argparse.Namespace) -> int:
         table.add_row(name, value)
     out.print(table)
     out.print(f"[dim]{perf['convention']}[/]")
+    return 0
+
+
+def _perf_for_records(args: argparse.Namespace, device: Any) -> int:
+    """One dedicated perf measurement per leaderboard cell, written as JSON lines (atomically, in a
+    fixed order) for ``bench leaderboard build`` to read from the records' sibling ``perf/`` folder."""
+    from petlbench.leaderboard.records import load_records
+
+    from .perf import perf_cells, perf_line
+
+    if args.out is None:
+        raise UserError("bench perf --for-records needs --out FILE (e.g. leaderboard/perf/mini.jsonl)")
+    cells = perf_cells(load_records(args.for_records))
+    lines = []
+    for i, cell in enumerate(cells, 1):
+        line = perf_line(cell, device, batch_size=args.batch_size, steps=args.steps)
+        lines.append(line)
+        ratio = "-" if line["x_plain"] is None else f"{line['x_plain']:.2f}x plain"
+        _plain(f"[{i}/{len(cells)}] {cell['method']} on {cell['backbone']}: {ratio}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
+    tmp.replace(args.out)
+    console.print(f"wrote {len(lines)} perf lines to {args.out}")
     return 0
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -221,4 +221,50 @@ def measure_perf(
         "roofline": roof,
         "utilisation": achieved / roof["flops_per_s"],
         "convention": "train FLOPs = 3 x forward; forward FLOPs = 2 x fvcore MACs",
+    }
+
+
+PERF_FORMAT = "petlbench.perf/1"
+
+
+def perf_cells(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct (method, method config, backbone) of the finished final runs in ``records``, in
+    a fixed order: what a leaderboard's speed column needs one dedicated measurement of."""
+    from .spec import canonical_json
+
+    cells: dict[str, dict[str, Any]] = {}
+    for r in records:
+        spec = r.get("spec") or {}
+        if r.get("status", "finished") != "finished" or spec.get("stage", "final") != "final":
+            continue
+        cell = {
+            "method": spec["method"],
+            "method_config": spec.get("method_config") or {},
+            "backbone": spec["backbone"],
+        }
+        cells.setdefault(canonical_json(cell), cell)
+    return [cells[k] for k in sorted(cells)]
+
+
+def perf_line(cell: dict[str, Any], device: torch.device, **options: Any) -> dict[str, Any]:
+    """One line of a perf file: the cell, its speed ratio to the plain backbone and the absolute step
+    times with the hardware; a method that trains nothing gets ``x_plain`` null and the reason."""
+    line: dict[str, Any] = {"format": PERF_FORMAT, **cell}
+    try:
+        perf = measure_perf(
+            cell["method"], cell["backbone"], method_config=cell["method_config"], device=device, **options
+        )
+    except UserError as err:
+        return line | {"x_plain": None, "per_mac": None, "hardware": hardware_label(device), "note": str(err)}
+    ratio = perf["speed_ratio"]
+    return line | {
+        "x_plain": ratio["x_plain"],
+        "per_mac": ratio["per_mac"],
+        "method_step_ms": ratio["method_step_ms"],
+        "plain_step_ms": ratio["plain_step_ms"],
+        "hardware": perf["hardware"],
+        "dtype": perf["dtype"],
+        "batch_size": perf["batch_size"],
+        "steps": perf["steps"],
+        "train_memory": perf["train_memory"],
     }

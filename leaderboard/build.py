@@ -76,9 +76,11 @@ CONVENTIONS = {
     "of every epoch or grid point the protocol chose among) and selected_test (the chosen one's, default "
     "the run's test metric); gap = max(test_by_candidate) - selected_test, the optimism selecting on test "
     "would add; mean over the runs that carry it, null when none does",
-    "speed_ratio": "per cell, the mean over seeds of each run's result.perf.step_time_ratio (the method's "
-    "train step time / the plain backbone's, measured by a dedicated perf pass); null when not measured; "
-    "an entry's is the mean over its chosen cells",
+    "speed_ratio": "per cell, the method's train step time / the plain backbone's (frozen backbone + linear "
+    "head), the two steps interleaved in one process by a dedicated perf pass (`bench perf --for-records`, "
+    "files in the perf/ folder beside the records, with the hardware they ran on: inputs.perf), or the "
+    "mean of the runs' result.perf.step_time_ratio; null when not measured or when the method trains "
+    "nothing; an entry's is the mean over its chosen cells",
     "csv": "leaderboard.csv: one line per (method, backbone, task) cell and per entry average (headline, "
     "other averages, group averages); the columns are documented at petlbench.leaderboard.render.CSV_HEADER",
     "selection": "when an entry has several cells for one task, the one with the best selection score is "
@@ -838,10 +840,61 @@ def load_reported(path: str | Path | None = None) -> list[dict[str, Any]]:
 # ----- build --------------------------------------------------------------------------------------
 
 
+PERF_FORMAT = "petlbench.perf/1"
+
+
+def perf_key(method: str, method_config: dict[str, Any], backbone: str) -> tuple[str, str, str]:
+    return (method, short_hash(method_config or {}), backbone)
+
+
+def load_perf(folder: str | Path) -> list[dict[str, Any]]:
+    """The perf lines of ``folder/*.jsonl`` (written by ``bench perf --for-records``); a line that is not
+    one is refused in one line naming ``file:line``. A missing folder holds none."""
+    folder = Path(folder)
+    lines: list[dict[str, Any]] = []
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(line, dict) or line.get("format") != PERF_FORMAT:
+                raise UserError(f"{path}:{number}: not a perf line ({PERF_FORMAT})")
+            ratio = line.get("x_plain")
+            named = isinstance(line.get("method"), str) and isinstance(line.get("backbone"), str)
+            number_ok = isinstance(ratio, int | float) and not isinstance(ratio, bool) and ratio > 0
+            if not named or not (ratio is None or number_ok):
+                raise UserError(f"{path}:{number}: a perf line needs method, backbone, x_plain > 0 (or null)")
+            lines.append(line)
+    return lines
+
+
+def _apply_perf(rows: list[dict[str, Any]], perf: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Fill each row's speed ratio from the perf lines of its (method, options, backbone); what the
+    perf pass ran on, for ``inputs.perf``."""
+    if not perf:
+        return None
+    by_key = {perf_key(p["method"], p.get("method_config") or {}, p["backbone"]): p for p in perf}
+    for row in rows:
+        line = by_key.get(perf_key(row["method"], row["method_config"], row["backbone"]))
+        if line is not None and row["efficiency"]["speed_ratio"] is None:
+            row["efficiency"]["speed_ratio"] = line.get("x_plain")
+    return {
+        "cells": len(by_key),
+        "hardware": sorted({str(p.get("hardware")) for p in perf}),
+        "plain": "frozen backbone + trainable linear head, interleaved step by step with the method's",
+    }
+
+
 def build_leaderboard(
-    records: Iterable[dict[str, Any]], reported: Sequence[dict[str, Any]] | None = None
+    records: Iterable[dict[str, Any]],
+    reported: Sequence[dict[str, Any]] | None = None,
+    perf: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The leaderboard document for ``records`` (``RunRecord.to_dict()`` dicts)."""
+    """The leaderboard document for ``records`` (``RunRecord.to_dict()`` dicts); ``perf`` lines (a
+    dedicated perf pass, :func:`load_perf`) fill the speed ratio of the cells they measured."""
     records = list(records)
     used = [
         r
@@ -860,6 +913,7 @@ def build_leaderboard(
         tasks_by_suite[(cell.spec["suite"], str(cell.spec["suite_version"]))].add(cell.spec["task"])
     infos = {key: suite_info(key[0], key[1], sorted(tasks)) for key, tasks in sorted(tasks_by_suite.items())}
     rows = [_row(c, infos[(c.spec["suite"], str(c.spec["suite_version"]))]) for c in cells.values()]
+    perf_info = _apply_perf(rows, perf)
     entries = _entries(rows, infos)
     _rank_rows(rows)
     _rank_entries(entries)
@@ -900,6 +954,7 @@ def build_leaderboard(
             "records_sha256": hashlib.sha256(
                 "".join(sorted(r["run_id"] for r in records)).encode()
             ).hexdigest(),
+            **({"perf": perf_info} if perf_info is not None else {}),
         },
         "notes": sorted(info.note for info in infos.values() if info.note),
         "suites": suites,
@@ -958,7 +1013,8 @@ def build(
     records is refused in one line, before anything is written."""
     from .records import load_records
 
-    doc = build_leaderboard(load_records(records_dir), load_reported(reported_path))
+    perf = load_perf(Path(records_dir).parent / "perf")
+    doc = build_leaderboard(load_records(records_dir), load_reported(reported_path), perf)
     validate(doc)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

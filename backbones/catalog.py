@@ -9,12 +9,17 @@ backbone it builds (tests/backbones/test_registry_facts.py). Builders import the
 
 from __future__ import annotations
 
+from typing import cast
+
 from .clip import CLIP_MEAN, CLIP_STD, build_open_clip, build_tiny_clip
-from .micro import MICRO_CLIP, MICRO_VIT, build_micro_clip, build_micro_vit
+from .micro import MICRO_CLIP as MICRO_CLIP_ARCH
+from .micro import MICRO_VIT as MICRO_VIT_ARCH
+from .micro import build_micro_clip, build_micro_vit
 from .ofa.backbone import OFA_MEAN, OFA_STD, build_ofa_backbone
 from .ofa.config import PUBLISHED_PARAMETERS, SIZES
 from .registry import ENCODER_DECODER, IMAGE, IMAGE_TEXT, BackboneEntry
-from .swin import TINY_SWIN, build_timm_swin, build_tiny_swin
+from .swin import TINY_SWIN as TINY_SWIN_ARCH
+from .swin import build_timm_swin, build_tiny_swin
 from .vit import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -23,6 +28,9 @@ from .vit import (
     build_timm_vit,
     build_tiny_vit,
 )
+
+# The architectures' config dicts (MICRO_CLIP_ARCH, MICRO_VIT_ARCH, TINY_SWIN_ARCH) are imported under
+# other names: the entries below take theirs.
 
 TINY_CLIP = BackboneEntry(
     "tiny-clip",
@@ -56,7 +64,7 @@ MICRO_CLIP = BackboneEntry(
     pretrained="petlbench:micro-clip (shipped)",
     mean=CLIP_MEAN,
     std=CLIP_STD,
-    image_size=int(MICRO_CLIP["vision"]["image_size"]),  # type: ignore[index]
+    image_size=int(MICRO_CLIP_ARCH["vision"]["image_size"]),
     towers=IMAGE_TEXT,
 )
 
@@ -69,7 +77,7 @@ MICRO_VIT = BackboneEntry(
     # the shipped weights were trained on these (harness/pretrain.py normalises with the backbone's)
     mean=INCEPTION_MEAN,
     std=INCEPTION_STD,
-    image_size=int(MICRO_VIT["img_size"]),
+    image_size=int(MICRO_VIT_ARCH["img_size"]),
     towers=IMAGE,
 )
 
@@ -136,7 +144,7 @@ TINY_SWIN = BackboneEntry(
     pretrained=None,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
-    image_size=int(TINY_SWIN["img_size"]),  # type: ignore[arg-type]
+    image_size=int(cast(int, TINY_SWIN_ARCH["img_size"])),
     towers=IMAGE,
 )
 
@@ -169,12 +177,13 @@ def _ofa(size: str) -> BackboneEntry:
             towers=ENCODER_DECODER,
             generative=True,
         )
+    name = f"ofa-{size}"
     return BackboneEntry(
-        f"ofa-{size}",
+        name,
         "ofa",
         f"OFA-{size.capitalize()} (~{PUBLISHED_PARAMETERS[size] / 1e6:.0f}M), generative encoder-decoder "
         f"('OFA-Sys/ofa-{size}', transformers-branch checkpoint, loaded offline)",
-        lambda pretrained, name=f"ofa-{size}": build_ofa_backbone(name, pretrained),
+        lambda pretrained: build_ofa_backbone(name, pretrained),
         pretrained=f"huggingface:OFA-Sys/ofa-{size}",
         mean=OFA_MEAN,
         std=OFA_STD,

@@ -24,12 +24,12 @@ from .word_tokenizer import WordTokenizer
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
-MICRO_CLIP = {
+MICRO_CLIP: dict[str, Any] = {
     "embed_dim": 128,
     "vision": {"image_size": 32, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32},
     "text": {"context_length": 24, "width": 128, "heads": 4, "layers": 3},
 }
-MICRO_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4}
+MICRO_VIT: dict[str, Any] = {"img_size": 32, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4}
 
 
 def shipped_vocabulary(weights_dir: Path | None = None) -> list[str]:

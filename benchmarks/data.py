@@ -7,8 +7,9 @@ pixels only per batch by the harness.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import Dataset
@@ -62,7 +63,7 @@ def _split_labels(dataset: Dataset) -> torch.Tensor:
     labels = getattr(dataset, "labels", None)
     if labels is not None:
         return torch.as_tensor(list(labels) if not isinstance(labels, torch.Tensor) else labels).long()
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
+    return torch.tensor([int(dataset[i][1]) for i in range(len(cast(Sized, dataset)))], dtype=torch.long)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class TaskData:
     name: str
     class_names: list[str]
     templates: list[str]
-    splits: dict[str, Dataset]
+    splits: Mapping[str, Dataset]
     image_size: int
     meta: dict[str, Any] = field(default_factory=dict)
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -65,7 +65,7 @@ def _full_labels(dataset: Dataset) -> list[int]:
     labels = getattr(dataset, "labels", None)
     if labels is not None:
         return [int(y) for y in labels]
-    return [int(dataset[i][1]) for i in range(len(dataset))]
+    return [int(dataset[i][1]) for i in range(len(cast(Sized, dataset)))]
 
 
 def _take(dataset: Dataset, picks: list[int]) -> Dataset:
@@ -99,10 +99,10 @@ def _read_index(path: Path, dataset: Dataset, key: str, sha: str) -> list[int] |
     for entry in data.get(key, []):
         if not (isinstance(entry, list) and len(entry) == 2):
             return None
-        i = where.get(entry[0])
-        if i is None or split.labels[i] != entry[1]:
+        index = where.get(entry[0])
+        if index is None or split.labels[index] != entry[1]:
             return None
-        picks.append(i)
+        picks.append(index)
     return picks
 
 

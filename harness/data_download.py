@@ -129,8 +129,8 @@ def _relative(name: str, strip: str, where: str = "") -> PurePosixPath | None:
     """A member's path below ``strip`` (None when it lies outside it); refuses escaping paths."""
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts:
-        prefix = f"archive {where}: member" if where else "archive member"
-        raise UserError(f"{prefix} {name!r} would be written outside the data folder")
+        label = f"archive {where}: member" if where else "archive member"
+        raise UserError(f"{label} {name!r} would be written outside the data folder")
     prefix = PurePosixPath(strip) if strip else None
     if prefix is None:
         return path

@@ -68,8 +68,9 @@ class LocalExecutor(Executor):
 
     def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunDone]:
         out = []
+        on_step = self.on_step
         for spec in specs:
-            step = (lambda i, n, loss, s=spec: self.on_step(s, i, n, loss)) if self.on_step else None
+            step = (lambda i, n, loss, s=spec: on_step(s, i, n, loss)) if on_step else None
             try:
                 outcome = self.runner.run(spec, on_step=step)
                 done = RunDone(
@@ -236,10 +237,12 @@ class RayExecutor(Executor):
             gpus_per_run = 1.0 if runner.device.type == "cuda" else 0.0
         self.options = {"num_cpus": cpus_per_run, "num_gpus": gpus_per_run, "max_retries": max_retries}
         self.threads = max(1, int(cpus_per_run))
-        self._remote = ray.remote(_compute_in_worker)
+        # Any: ray's typed overloads pick a remote function of too few arguments for this one
+        self._remote: Any = ray.remote(_compute_in_worker)
 
     def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunDone]:
         ray, runner = self.ray, self.runner
+        assert runner.store is not None  # the driver's Runner holds the store (Runner.run needs it too)
         out: list[RunDone] = []
         pending: dict[Any, RunSpec] = {}
         busy: list[RunSpec] = []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from math import prod
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -93,8 +93,10 @@ def text_gmacs_per_prompt(
 ) -> float:
     """GMACs of one class prompt through the text tower at the full context length (77 for CLIP)."""
     tower = backbone.tower("text")
-    length = context_length or tower.context_length
+    length = context_length or cast(int, tower.context_length)
     ids = torch.ones(1, length, dtype=torch.long, device=next(backbone.parameters()).device)
-    ids[0, -1] = tower.token_embedding.num_embeddings - 1  # EOT (highest id) last: nothing is cut
-    total, _ = count_macs(_Call(backbone.encode_text, backbone, *attached), (ids,))
+    embedding = cast(nn.Embedding, tower.token_embedding)
+    ids[0, -1] = embedding.num_embeddings - 1  # EOT (highest id) last: nothing is cut
+    encode_text = cast(Callable[[torch.Tensor], torch.Tensor], backbone.encode_text)  # a CLIP backbone's
+    total, _ = count_macs(_Call(encode_text, backbone, *attached), (ids,))
     return total / 1e9

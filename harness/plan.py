@@ -66,7 +66,7 @@ def plan_runs(
     check_fgsm_options((measure or {}).get("fgsm"))
     entries = backbone_entries()
     explicit = backbones is not None
-    names = list(backbones) if explicit else list(suite.backbones)
+    names = list(backbones) if backbones is not None else list(suite.backbones)
     notes: list[str] = []
     chosen: list[str] = []
     for name in names:
@@ -109,7 +109,7 @@ def plan_runs(
                 notes.append(f"skipped {backbone} on {task.name}: {mismatch}")
                 continue
             effective = suite.resolve_protocol(task, method, user_protocol, search_point)
-            proto = effective.protocol.to_dict() | {"backbone_pretrained": bool(pretrained)}
+            proto = effective.protocol.to_dict()
             deviations = run_deviations(
                 suite, task, method, backbone, effective.source, proto, pretrained, method_cls.deviations
             )
@@ -134,6 +134,7 @@ def plan_runs(
                         protocol=proto,
                         seed=int(seed),
                         measure=dict(measure or {}),
+                        pretrained=bool(pretrained),
                         protocol_source=dict(effective.source),
                         protocol_refs=dict(effective.refs),
                         deviations=[dict(d) for d in deviations],
@@ -184,8 +185,8 @@ def describe_plan(spec: RunSpec, suite: Suite) -> dict[str, Any]:
     """One line of ``bench plan --json``: what the run trains and with which protocol, where each
     value came from, the checkpoint and normalisation, the suite's search space, the deviations."""
     entry = backbone_entries()[spec.backbone]
-    protocol = {k: v for k, v in spec.protocol.items() if k != "backbone_pretrained"}
-    pretrained_tag = entry.pretrained if spec.protocol.get("backbone_pretrained", True) else None
+    protocol = dict(spec.protocol)
+    pretrained_tag = entry.pretrained if spec.pretrained else None
     line: dict[str, Any] = {
         "run_id": spec.run_id,
         "method": spec.method,

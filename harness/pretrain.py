@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from torch import nn
 
 from petlbench.backbones import micro
 from petlbench.backbones.base import Backbone
+from petlbench.backbones.clip import ClipBackbone
 from petlbench.benchmarks.datasets.synthetic import COUNTS, POSITIONS, SHAPES
 from petlbench.benchmarks.synthetic import world
 from petlbench.errors import UserError
@@ -56,7 +57,7 @@ def _normalize(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
     return (pixels - mean) / std
 
 
-def _zero_shot(backbone: Backbone, seed: int) -> dict[str, float]:
+def _zero_shot(backbone: ClipBackbone, seed: int) -> dict[str, float]:
     """Zero-shot accuracy (percent) per attribute on 512 fresh in-distribution scenes."""
     from petlbench.benchmarks.synthetic.tasks import TASKS, make_task_split
 
@@ -147,8 +148,9 @@ def pretrain(
         pixels = _normalize(backbone, images)
         if name == "micro-clip":
             img = F.normalize(backbone.encode_image(pixels), dim=-1)
-            txt = F.normalize(backbone.encode_text(tokenizer(world.captions(scenes, rng))), dim=-1)
-            logits = raw.logit_scale.exp().clamp(max=100) * img @ txt.T
+            clip = cast(ClipBackbone, backbone)
+            txt = F.normalize(clip.encode_text(tokenizer(world.captions(scenes, rng))), dim=-1)
+            logits = cast(torch.Tensor, raw.logit_scale).exp().clamp(max=100) * img @ txt.T
             target = torch.arange(batch_size)
             loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
         else:
@@ -182,7 +184,7 @@ def pretrain(
         "loss_every_100_steps": [round(float(np.mean(losses[i : i + 100])), 4) for i in range(0, steps, 100)],
     }
     if name == "micro-clip":
-        metrics["zero_shot"] = _zero_shot(backbone, seed)
+        metrics["zero_shot"] = _zero_shot(cast(ClipBackbone, backbone), seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 

@@ -161,7 +161,7 @@ def _dtype_name(device: torch.device) -> str:
 
 
 def protocol_of(spec: RunSpec) -> Protocol:
-    return Protocol(**{k: v for k, v in spec.protocol.items() if k != "backbone_pretrained"})
+    return Protocol(**spec.protocol)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -401,7 +401,7 @@ class Runner:
     def build_model(self, spec: RunSpec, task: TaskSpec, data: TaskData) -> ImageClassifier:
         """Backbone + method (attached, freshly initialised under the run's seed) + head, on device."""
         seed_everything(spec.seed)
-        backbone = build_backbone(spec.backbone, pretrained=spec.protocol.get("backbone_pretrained", True))
+        backbone = build_backbone(spec.backbone, pretrained=spec.pretrained)
         method = attach_method(spec, backbone)
         with out_of_memory_as_user_error(f"the head of {spec.method!r} on {spec.backbone}"):
             head = make_head(method, backbone, data, task)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,7 @@ from .memory import PeakMemory
 
 if TYPE_CHECKING:
     from petlbench.benchmarks.suites import TaskSpec
+    from petlbench.methods.base import Method
 
     from .runner import Runner
     from .spec import RunSpec
@@ -333,7 +334,7 @@ def build_generator(
     """Tokenizer, backbone (vocabulary checked against it), method attached under the run's seed."""
     from .runner import seed_everything
 
-    pretrained = bool(spec.protocol.get("backbone_pretrained", True))
+    pretrained = spec.pretrained
     tokenizer = run_tokenizer(spec.backbone, data)
     seed_everything(spec.seed)
     vocab = len(tokenizer) if spec.backbone == "ofa-test" else None
@@ -343,7 +344,7 @@ def build_generator(
             f"the tokenizer has {len(tokenizer)} tokens but {spec.backbone} has a vocabulary of "
             f"{backbone.ofa_config.vocab_size}; use the checkpoint's vocab.json/merges.txt"
         )
-    backbone.tokenizer = tokenizer
+    backbone.tokenizer = tokenizer  # type: ignore[assignment]  # Backbone types CLIP's callable tokenizers
     model = OFAGenerator(backbone, attach_method(spec, backbone))
     refuse_nothing_to_train(spec, model)
     return model.to(device), tokenizer
@@ -385,7 +386,7 @@ def run_seq2seq(
     device = runner.device
     protocol = protocol_of(spec)
     model, tokenizer = build_generator(spec, data, device)
-    backbone, method = model.backbone, model.method
+    backbone, method = model.backbone, cast("Method | None", model.method)  # attach_method's
     assert isinstance(backbone, OFABackbone) and method is not None
     task = GenerativeTask(data, tokenizer, task_spec.metric)
     size = int(data.options["patch_image_size"] or backbone.image_size)
@@ -425,7 +426,7 @@ def run_seq2seq(
             trained = runner._train_stages(
                 spec,
                 protocol,
-                model,
+                model,  # type: ignore[arg-type]  # the stage loop uses its .head and nn.Module API only
                 method,
                 None,
                 on_step,
@@ -516,8 +517,9 @@ def remeasure_seq2seq(
     from .seq2seq_robustness import PIXEL_UNIT, fgsm_from_options
 
     model, tokenizer = build_generator(spec, data, runner.device)
-    assert model.method is not None
-    model.method.load_method_state(
+    method = cast("Method | None", model.method)
+    assert method is not None
+    method.load_method_state(
         {k[7:]: v.to(runner.device) for k, v in tensors.items() if k.startswith("method.")}
     )
     task = GenerativeTask(data, tokenizer, task_spec.metric)

@@ -19,6 +19,11 @@ def canonical_json(obj: Any) -> str:
 
 NOT_IDENTITY = ("protocol_source", "protocol_refs", "deviations")
 
+# Version 2 made ``pretrained`` a field (version 1 hid it in the protocol as ``backbone_pretrained``).
+# A version-1 spec still hashes as it did, so its stored runs and exported records keep their ids.
+SPEC_VERSION = 2
+LEGACY_PRETRAINED_KEY = "backbone_pretrained"
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -32,6 +37,8 @@ class RunSpec:
     seed: int
     stage: str = "final"
     measure: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = True  # False: the backbone's architecture with random weights (--random-init)
+    version: int = SPEC_VERSION
     # What planning knew about the protocol: the layer each protocol value came from and the
     # reference it reproduces, and the named deviations from the reference protocol. Derived from
     # the fields above (and the suite), so they are recorded but are not part of the run's identity.
@@ -43,15 +50,27 @@ class RunSpec:
         return asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that make the run: what the hash is taken of."""
+        """The fields that make the run: what the hash is taken of. A version-1 spec is hashed in its
+        own shape (``pretrained`` inside the protocol, no version), so its run id never changes."""
         data = self.to_dict()
         for key in NOT_IDENTITY:
             data.pop(key)
+        if self.version == 1:
+            pretrained = data.pop("pretrained")
+            data.pop("version")
+            data["protocol"] = {**data["protocol"], LEGACY_PRETRAINED_KEY: pretrained}
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        """A spec from its stored form; one without ``version`` is version 1, whose ``pretrained``
+        is read from the protocol (and leaves it)."""
         known = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
+        if "version" not in data:
+            protocol = dict(known.get("protocol") or {})
+            known["pretrained"] = bool(protocol.pop(LEGACY_PRETRAINED_KEY, data.get("pretrained", True)))
+            known["protocol"] = protocol
+            known["version"] = 1
         return cls(**known)
 
     def canonical_json(self) -> str:

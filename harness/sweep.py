@@ -134,7 +134,7 @@ def run_sweep(
         space, extra = suite.search, []
     else:
         space, extra = None, []
-    common = {"tasks": tasks, "pretrained": pretrained}
+    common: dict[str, Any] = {"tasks": tasks, "pretrained": pretrained}
     # Everything the sweep runs is planned before its first run (final seeds here, every search
     # point below), so a bad name or value is one line before anything trains.
     planned_finals = {
@@ -196,9 +196,10 @@ def run_sweep(
                     suite, cell, full, space, base_config, base_protocol, pretrained, extra, [search_seed]
                 )
                 phase_specs.append((cell, full, dataclasses.replace(spec, stage="search")))
-        done = executor.run([s for _, _, s in phase_specs], lambda d: on_event and on_event("search", d))
-        search_done += done
-        by_id = {d.spec.run_id: d for d in done}
+        phase_runs = [s for _, _, s in phase_specs]
+        phase_done = executor.run(phase_runs, lambda d: on_event and on_event("search", d))
+        search_done += phase_done
+        by_id = {d.spec.run_id: d for d in phase_done}
         scored: dict[tuple[str, str, str], list[tuple[Any, ...]]] = {}
         for index, (cell, full, spec) in enumerate(phase_specs):
             cell.trials.append((full, spec))

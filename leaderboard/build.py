@@ -373,6 +373,19 @@ def shots_variant(spec: dict[str, Any]) -> int | None:
     return None
 
 
+def cell_shape(spec: dict[str, Any]) -> dict[str, Any]:
+    """A record's spec in the one shape cells are described and hashed in: version 1's, where
+    ``pretrained`` sits in the protocol as ``backbone_pretrained``. Records of spec version 2 (a
+    ``pretrained`` field and a ``version``) of the same configuration land in the same cell as version-1
+    ones, and a board built from version-1 records is byte for byte what it was."""
+    if "version" not in spec:
+        return spec
+    out = {k: v for k, v in spec.items() if k not in ("version", "pretrained")}
+    pretrained = bool(spec.get("pretrained", True))
+    out["protocol"] = {**(spec.get("protocol") or {}), "backbone_pretrained": pretrained}
+    return out
+
+
 def entry_key(spec: dict[str, Any]) -> tuple[str, ...]:
     pretrained = bool((spec.get("protocol") or {}).get("backbone_pretrained", True))
     key = (
@@ -903,7 +916,7 @@ def build_leaderboard(
     ]
     cells: dict[str, Cell] = {}
     for r in used:
-        spec = {k: v for k, v in r["spec"].items() if k != "seed"}
+        spec = {k: v for k, v in cell_shape(r["spec"]).items() if k != "seed"}
         spec.setdefault("stage", "final")
         spec.setdefault("measure", {})
         cell = Cell(spec)

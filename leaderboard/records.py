@@ -147,7 +147,7 @@ KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "fgsm option": (lambda v: v is False or isinstance(v, dict), "an object or false"),
     "unit": (lambda v: v in ("pixel", "embedding"), "'pixel' or 'embedding'"),
 }
-_ANNOTATION_KINDS = {"str": "string", "int": "integer", "dict": "object", "list": "list"}
+_ANNOTATION_KINDS = {"str": "string", "int": "integer", "dict": "object", "list": "list", "bool": "boolean"}
 _SPEC_KINDS = {"protocol_source": "string map", "protocol_refs": "string map", "deviations": "objects"}
 
 # The fields below the spec that the leaderboard reads (leaderboard/build.py), with their kinds. A rule

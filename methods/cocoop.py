@@ -15,7 +15,7 @@ fewer kernel launches); text features cannot be cached because they depend on th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ from petlbench.errors import UserError
 
 from .base import MAX_TOKENS, MAX_WIDTH
 from .coop import CoOp, PromptHead, build_layout
+
+if TYPE_CHECKING:
+    from petlbench.backbones.clip import ClipBackbone
 
 
 @dataclass
@@ -49,6 +52,9 @@ class CoCoOpConfig:
 class CoCoOpHead(PromptHead):
     """Image features (B, D) -> logits (B, C) against image-conditioned class prompts."""
 
+    method: CoCoOp  # plain references (PromptHead)
+    backbone: ClipBackbone
+
     def prompts(self, image: torch.Tensor) -> torch.Tensor:
         """Class prompts (B, C, L, d) for L2-normalised image features ``image`` (B, D)."""
         shift = self.method.meta_net(image)  # (B, d)
@@ -69,7 +75,7 @@ class CoCoOpHead(PromptHead):
         prompts = self.prompts(image)
         batch, classes = prompts.shape[:2]
         text = self.encode(prompts.flatten(0, 1)).view(batch, classes, -1)  # one tower call, B*C prompts
-        scale = self.backbone.logit_scale.exp()
+        scale = cast(torch.Tensor, self.backbone.logit_scale).exp()
         return scale * torch.einsum("bd,bcd->bc", image, text.to(image.dtype))
 
 
@@ -87,7 +93,8 @@ class CoCoOp(CoOp):
 
     name = "cocoop"
     paper = "Zhou et al., Conditional Prompt Learning for Vision-Language Models, CVPR 2022"
-    Config = CoCoOpConfig
+    # CoOp's ``Config = CoOpConfig`` narrows Method's ClassVar[type]; drop this once coop.py declares it
+    Config = CoCoOpConfig  # type: ignore[assignment]
     limits = {"n_ctx": (0, MAX_TOKENS), "meta_net_ratio": (1, MAX_WIDTH)}
     needs_text_encoder_per_image = True
     suggested_protocol: ClassVar[dict[str, Any]] = {
@@ -123,5 +130,6 @@ class CoCoOp(CoOp):
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
-        out["meta_net"] = [int(self.meta_net[0].in_features), int(self.meta_net[0].out_features)]
+        first = cast(nn.Linear, self.meta_net[0])
+        out["meta_net"] = [int(first.in_features), int(first.out_features)]
         return out

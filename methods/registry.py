@@ -132,7 +132,7 @@ def _field_comments(config: type) -> dict[str, str]:
         if number in trailing:
             comments[match.group(1)] = trailing[number]
             continue
-        above = []
+        above: list[str] = []
         k = number - 1
         while k >= 0 and lines[k].lstrip().startswith("#"):
             above.insert(0, lines[k].strip().lstrip("#").strip())

@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -28,6 +29,9 @@ from petlbench.errors import UserError
 
 from .config import OFAConfig
 from .positions import decoder_image_position_index, full_image_bucket_table, text_buckets
+
+if TYPE_CHECKING:
+    from .backbone import OFABackbone
 
 TIED_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
 _IN_PROJ = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)$")
@@ -108,7 +112,8 @@ def map_released_state(
         elif len(names) == 3:
             used.update(n for n in names if n in state)
             parts = [state.get(n) for n in names]
-            tensor = torch.cat(parts, dim=0) if all(p is not None for p in parts) else None
+            complete = all(p is not None for p in parts)
+            tensor = torch.cat(cast(list[torch.Tensor], parts), dim=0) if complete else None
             if tensor is None:
                 report.missing.extend(n for n, p in zip(names, parts, strict=True) if p is None)
                 continue
@@ -148,7 +153,7 @@ def map_released_state(
 
 
 def load_ofa_checkpoint(
-    backbone: torch.nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = True, assign: bool = False
+    backbone: OFABackbone, state: Mapping[str, torch.Tensor], *, strict: bool = True, assign: bool = False
 ) -> LoadReport:
     """Load a released-layout state dict into an :class:`~.backbone.OFABackbone`; strict by default.
 

@@ -44,9 +44,10 @@ class Trie:
         """Tokens that may follow ``prefix``; empty if ``prefix`` leaves the trie."""
         node = self.root
         for tok in prefix:
-            node = node.get(int(tok))
-            if node is None:
+            child = node.get(int(tok))
+            if child is None:
                 return []
+            node = child
         return list(node)
 
     def __contains__(self, seq: Sequence[int]) -> bool:

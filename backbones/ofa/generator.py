@@ -18,6 +18,9 @@ from .towers import EncoderOutput
 
 
 class OFAGenerator(nn.Module):
+    mean: torch.Tensor  # (1, 3, 1, 1) buffers
+    std: torch.Tensor
+
     def __init__(self, backbone: OFABackbone, method: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone

@@ -15,6 +15,7 @@ LayerNorm so the memory and the logits keep the backbone's positions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -32,20 +33,23 @@ def _views(layers: nn.ModuleList) -> list[BlockView]:
     views = []
     for layer in layers:
         assert isinstance(layer, _Layer)
-        attn = layer.self_attn
-        views.append(
-            BlockView(
-                ln_1=layer.self_attn_layer_norm,
-                ln_2=layer.final_layer_norm,
-                mlp=FeedForward(layer.fc1, layer.ffn_layer_norm, layer.fc2),
-                qkv_weight=lambda a=attn: a.in_proj_weight,
-                qkv_bias=lambda a=attn: a.in_proj_bias,
-                out_proj=attn.out_proj,
-                ls_1=nn.Identity(),
-                ls_2=nn.Identity(),
-            )
-        )
+        views.append(_view(layer))
     return views
+
+
+def _view(layer: _Layer) -> BlockView:
+    """One layer's accessors; the q/k/v getters read the attention's parameters at call time."""
+    attn = layer.self_attn
+    return BlockView(
+        ln_1=layer.self_attn_layer_norm,
+        ln_2=layer.final_layer_norm,
+        mlp=FeedForward(layer.fc1, layer.ffn_layer_norm, layer.fc2),
+        qkv_weight=lambda: attn.in_proj_weight,
+        qkv_bias=lambda: attn.in_proj_bias,
+        out_proj=attn.out_proj,
+        ls_1=nn.Identity(),
+        ls_2=nn.Identity(),
+    )
 
 
 def _widen(t: torch.Tensor, inserted: Inserted, dim: int) -> torch.Tensor:
@@ -83,13 +87,18 @@ def _rel_bias(table: nn.Embedding, buckets: torch.Tensor) -> torch.Tensor:
 class _OFATower(Tower):
     """What both towers share: sizes, slots, the refusal of the generic block loop, BitFit's OFA set."""
 
+    layers: nn.ModuleList  # each tower's own layers and final LayerNorm
+    layer_norm: nn.LayerNorm
+
     def __init__(self, cfg: OFAConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__()
         self.cfg = cfg
         self.width, self.heads = cfg.d_model, cfg.attention_heads
         self.embed_tokens = embed_tokens  # shared by both towers and the output projection
 
-    def run_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, Inserted]:  # noqa: ARG002
+    def run_blocks(  # noqa: ARG002
+        self, x: torch.Tensor, inserted: Inserted | None = None
+    ) -> tuple[torch.Tensor, Inserted]:
         raise NotImplementedError(f"the OFA {self.name} tower runs its own layers (position biases, memory)")
 
     def ofa_bitfit_parameters(self) -> dict[str, nn.Parameter]:
@@ -212,8 +221,10 @@ class OFAEncoderTower(_OFATower):
         inserted = Inserted()
         for index, (layer, slots) in enumerate(zip(self.layers, self.slots, strict=True)):
             rel = abs_bias.new_zeros(abs_bias.shape[1:])
-            rel[:, :n_img, :n_img] = _rel_bias(self.image_rel_pos_table_list[index], img_buckets)
-            rel[:, n_img:, n_img:] = _rel_bias(self.token_rel_pos_table_list[index], txt_buckets)
+            image_table = cast(nn.Embedding, self.image_rel_pos_table_list[index])
+            token_table = cast(nn.Embedding, self.token_rel_pos_table_list[index])
+            rel[:, :n_img, :n_img] = _rel_bias(image_table, img_buckets)
+            rel[:, n_img:, n_img:] = _rel_bias(token_table, txt_buckets)
             x = self._insert(x, slots.input_tokens, inserted)
             bias = _widen(_widen(abs_bias + rel, inserted, -1), inserted, -2)
             pad = _widen(padding, inserted, -1) if padding is not None else None
@@ -264,7 +275,7 @@ class OFADecoderTower(_OFATower):
 
     def _memory_kv(self, memory: EncoderOutput, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if index not in memory._kv:
-            memory._kv[index] = self.layers[index].cross_attn.memory(memory.hidden)
+            memory._kv[index] = cast(DecoderLayer, self.layers[index]).cross_attn.memory(memory.hidden)
         return memory._kv[index]
 
     def forward(self, prev_tokens: torch.Tensor, memory: EncoderOutput) -> torch.Tensor:
@@ -287,7 +298,8 @@ class OFADecoderTower(_OFATower):
         inserted = Inserted()
         for index, (layer, slots) in enumerate(zip(self.layers, self.slots, strict=True)):
             x = self._insert(x, slots.input_tokens, inserted)
-            self_bias = self_abs + _rel_bias(self.token_rel_pos_table_list[index], buckets)
+            token_table = cast(nn.Embedding, self.token_rel_pos_table_list[index])
+            self_bias = self_abs + _rel_bias(token_table, buckets)
             self_bias = _widen(_widen(self_bias, inserted, -1), inserted, -2)
             x = layer(
                 x,

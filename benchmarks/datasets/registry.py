@@ -9,7 +9,7 @@ import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from petlbench.errors import UserError
 
@@ -17,8 +17,10 @@ from ..data import TaskData
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec
+    from .ofa_loaders import Seq2SeqTaskData
 
-LoaderFn = Callable[["TaskSpec", "Path | None"], TaskData]
+# a generative loader returns Seq2SeqTaskData, every other loader TaskData
+LoaderFn = Callable[["TaskSpec", "Path | None"], "TaskData | Seq2SeqTaskData"]
 ArgsCheck = Callable[[Mapping[str, Any]], None]
 
 
@@ -68,7 +70,7 @@ def loader_entry(name: str) -> LoaderEntry:
     return _LOADERS[name]
 
 
-def load_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
+def load_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData | Seq2SeqTaskData:
     """Load one suite task. The suite's ``class_names`` (when given) and ``templates`` override the
     loader's, because the suite file is what results cite."""
     entry = loader_entry(task_spec.loader)
@@ -83,9 +85,10 @@ def load_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
         except UserError as err:
             raise UserError(f"task {task_spec.name!r}: {err}") from None
     # Loaders get their own copy of args, so nothing they do leaks into the (frozen) suite.
-    data = entry.fn(replace(task_spec, args=copy.deepcopy(dict(task_spec.args))), data_root)
+    loaded = entry.fn(replace(task_spec, args=copy.deepcopy(dict(task_spec.args))), data_root)
     if entry.generative:
-        return data  # no class names or templates: image + text -> text
+        return loaded  # no class names or templates: image + text -> text
+    data = cast(TaskData, loaded)
     names = list(task_spec.class_names) if task_spec.class_names else list(data.class_names)
     if task_spec.class_names and len(task_spec.class_names) != len(data.class_names):
         raise UserError(

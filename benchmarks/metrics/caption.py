@@ -135,8 +135,8 @@ def cider_d_per_caption(
     hyp, ref = _prepare(preds, refs, tokenize)
     ref_counts = [[_ngrams(r) for r in rs] for rs in ref]
     df: Counter[tuple[str, ...]] = Counter()
-    for rc in ref_counts:
-        df.update({g for c in rc for g in c})
+    for per_caption in ref_counts:
+        df.update({g for c in per_caption for g in c})
     log_n = math.log(float(len(hyp)))
 
     def vectorize(counts: Counter[tuple[str, ...]]) -> tuple[list[dict], list[float], int]:

@@ -108,7 +108,7 @@ wouldnt've:wouldn't've wouldn'tve:wouldn't've yall:y'all yall'll:y'all'll y'alll
 yall'd've:y'all'd've y'alld've:y'all'd've y'all'dve:y'all'd've youd:you'd youd've:you'd've
 you'dve:you'd've youll:you'll youre:you're youve:you've
 """
-VQA_CONTRACTIONS: dict[str, str] = dict(item.split(":", 1) for item in _CONTRACTIONS_SRC.split())  # type: ignore[misc]
+VQA_CONTRACTIONS: dict[str, str] = dict(item.split(":", 1) for item in _CONTRACTIONS_SRC.split())
 VQA_NUMBERS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
     "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",

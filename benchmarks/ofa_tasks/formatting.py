@@ -134,7 +134,7 @@ class OFAExample:
 
 def resize_pixels(image: Image.Image, size: int) -> torch.Tensor:
     """(3, S, S) float tensor in [0, 1] of an RGB image resized with bicubic filtering."""
-    arr = np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.uint8)
+    arr = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 

@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -261,10 +262,11 @@ def train_tiny_bpe(
     bpe.train_from_iterator(texts, trainer)
     learned = json.loads(bpe.to_str())["model"]["merges"]
     # older tokenizers releases write a merge as "a b", newer ones as ["a", "b"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned][:num_merges]
+    pairs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned][:num_merges]
+    merges = cast(list[tuple[str, str]], pairs)  # each merge is a pair of symbols
     vocab: dict[str, int] = {tok: i for i, tok in enumerate(SPECIALS)}
-    for b in range(256):
-        vocab[bytes_to_unicode()[b]] = len(vocab)
+    for byte in range(256):
+        vocab[bytes_to_unicode()[byte]] = len(vocab)
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
     vocab[MASK] = len(vocab)

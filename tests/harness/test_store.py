@@ -78,3 +78,28 @@ def test_not_a_store_is_a_user_error(tmp_path):
         Store(junk)
     sqlite3.connect(tmp_path / "fine.sqlite").close()
     Store(tmp_path / "fine.sqlite").close()  # an empty database becomes a store
+
+
+def test_version_1_specs_keep_their_run_ids_and_load_as_version_2_fields():
+    """Spec version 2 made ``pretrained`` a field; a version-1 spec (``backbone_pretrained`` in the
+    protocol, no version) still hashes to the run id it was stored under: every committed record."""
+    import json
+    from pathlib import Path
+
+    from petlbench.harness.spec import SPEC_VERSION
+
+    records = Path(__file__).resolve().parents[2] / "leaderboard" / "records" / "mini.jsonl"
+    lines = [json.loads(line) for line in records.read_text().splitlines()]
+    assert lines and all("version" not in r["spec"] for r in lines)
+    for record in lines:
+        spec = RunSpec.from_dict(record["spec"])
+        assert spec.version == 1 and spec.run_id == record["run_id"]
+        assert "backbone_pretrained" not in spec.protocol
+        assert spec.pretrained is record["spec"]["protocol"]["backbone_pretrained"]
+        again = RunSpec.from_dict(spec.to_dict())  # as the store writes it back
+        assert again == spec and again.run_id == record["run_id"]
+    fresh = RunSpec.from_dict({**RunSpec.from_dict(lines[0]["spec"]).to_dict(), "version": SPEC_VERSION})
+    assert fresh.version == 2 and fresh.run_id != lines[0]["run_id"]
+    assert "pretrained" in fresh.canonical_json() and "backbone_pretrained" not in fresh.canonical_json()
+    random_init = RunSpec.from_dict({**fresh.to_dict(), "pretrained": False})
+    assert random_init.run_id != fresh.run_id

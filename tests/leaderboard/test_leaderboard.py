@@ -28,7 +28,6 @@ from petlbench.leaderboard.records import export_store, load_records, record_lin
 from petlbench.leaderboard.render import pareto_front, render_html, render_markdown
 
 PROTOCOL = {
-    "backbone_pretrained": True,
     "batch_size": 32,
     "epochs": 30,
     "eval_batch_size": 256,
@@ -71,6 +70,8 @@ def make_record(
     status: str = "finished",
     fgsm: list[float] | None = None,
 ) -> dict:
+    given = {**PROTOCOL, **(protocol or {})}
+    pretrained = bool(given.pop("backbone_pretrained", True))
     spec = RunSpec(
         method=method,
         method_config=dict(CONFIG if config is None else config),
@@ -78,7 +79,8 @@ def make_record(
         suite="smoke",
         suite_version="2",
         task=task,
-        protocol={**PROTOCOL, **(protocol or {})},
+        protocol=given,
+        pretrained=pretrained,
         seed=seed,
         stage=stage,
         measure={"fgsm": FGSM},

@@ -12,6 +12,7 @@ from petlbench.errors import UserError
 DEFAULT_STORE = Path("runs") / "petlbench.sqlite"
 DEFAULT_LEADERBOARD = Path("leaderboard")
 DEFAULT_RECORDS = DEFAULT_LEADERBOARD / "records"
+DEFAULT_CACHE = DEFAULT_STORE.parent / "image-cache"  # beside the default store (harness/image_cache.py)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,6 +20,18 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _cache_options(p: argparse.ArgumentParser) -> None:
+    """Where decoded images are kept between runs (``bench run`` and ``bench sweep``)."""
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="decoded-image cache shared by runs and processes (default: STORE's folder/image-cache)",
+    )
+    p.add_argument(
+        "--no-image-cache", action="store_true", help="decode images in every run, keep nothing on disk"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument(
             "--json", action="store_true", help="print the results as JSON lines instead of a table"
         )
+        if verb == "run":
+            _cache_options(r)
         r.add_argument("--no-fgsm", action="store_true", help="skip the FGSM robustness measurement")
         r.add_argument(
             "--fgsm-eps",
@@ -137,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--steps", type=int, help="timed steps of each (default: 5 on CPU, 10 on GPU)")
     pf.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ...")
     pf.add_argument("--json", action="store_true", help="print one JSON line")
+    pf.add_argument(
+        "--data",
+        action="store_true",
+        help="instead: time the image cache on a generated replica of --images JPEGs (decode, then read)",
+    )
+    pf.add_argument("--images", type=int, default=2000, help="with --data: JPEGs in the replica (2000)")
+    pf.add_argument("--workers", type=int, help="with --data: decode processes (default: the cores)")
+    pf.add_argument("--dir", type=Path, help="with --data: folder for the replica and cache (default: temp)")
 
     pt = sub.add_parser("pretrain", help="pretrain micro-clip / micro-vit on the synthetic world (CPU)")
     pt.add_argument("model", help="micro-clip or micro-vit")
@@ -184,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--fgsm-eps", default="1/255,2/255,4/255,8/255")
     sw.add_argument("--fgsm-examples", type=int, default=500)
     sw.add_argument("--json", action="store_true", help="print one JSON line per finished run")
+    _cache_options(sw)
 
     da = sub.add_parser("data", help="check a suite's datasets on disk, or say how to get them")
     dsub = da.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -199,6 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--no-manifest", action="store_true", help="do not hash files")
     dc.add_argument("--no-decode", action="store_true", help="only check that files exist (fast)")
     dc.add_argument("--json", action="store_true", help="print the result as JSON")
+    dc.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help=f"decoded-image cache whose state to report (default {DEFAULT_CACHE})",
+    )
+    dca = dsub.add_parser(
+        "cache", help="decode every task's evaluation split into the image cache once, ahead of a sweep"
+    )
+    dca.add_argument("--suite", required=True)
+    dca.add_argument("--data-root", type=Path, required=True)
+    dca.add_argument("--tasks", help="a subset of the suite's tasks, comma-separated")
+    dca.add_argument("--backbone", help="backbone(s) whose input size to decode for (default: the suite's)")
+    dca.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"default {DEFAULT_CACHE}")
+    dca.add_argument(
+        "--workers", type=int, help="decode processes, one thread each (default: this machine's cores)"
+    )
     dp = dsub.add_parser("prepare", help="say what is missing and where to get it; --download fetches it")
     dp.add_argument("--suite", required=True)
     dp.add_argument("--data-root", type=Path, required=True)

@@ -111,6 +111,16 @@ def _executor(runner: Any, jobs: int, on_step: Any = None) -> Any:
     return LocalExecutor(runner, on_step=on_step) if jobs == 1 else PoolExecutor(runner, jobs)
 
 
+def _image_cache_dir(args: argparse.Namespace) -> Path | None:
+    """`--cache-dir` / `--no-image-cache` of run and sweep: the decoded-image cache (default beside
+    the store), or None for none."""
+    from .image_cache import default_cache_dir
+
+    if args.no_image_cache:
+        return None
+    return args.cache_dir if args.cache_dir is not None else default_cache_dir(args.store)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.progress import TimeRemainingColumn
 
@@ -129,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         device=args.device,
         checkpoint_dir=args.store.parent / "checkpoints",
+        image_cache=_image_cache_dir(args),
     )
     runner.on_wait = lambda spec: console.print(
         f"run {spec.run_id[:12]} ({spec.backbone} / {spec.task} / seed {spec.seed}) is being run by "
@@ -470,6 +481,12 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from .perf import measure_perf
     from .runner import resolve_device
 
+    if args.data:
+        from .perf_data import measure_data_path
+
+        line = measure_data_path(args.images, workers=args.workers, folder=args.dir)
+        print(json.dumps(line, sort_keys=True), flush=True)
+        return 0
     device = resolve_device(args.device)
     if args.for_records is not None:
         return _perf_for_records(args, device)
@@ -602,6 +619,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         device=args.device,
         checkpoint_dir=args.store.parent / "checkpoints",
+        image_cache=_image_cache_dir(args),
     )
     if args.executor == "ray":
         executor: Any = RayExecutor(
@@ -755,6 +773,71 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_cache(args: argparse.Namespace, suite: Any, tasks: list[Any]) -> int:
+    """`bench data cache`: decode every task's evaluation split once into the image cache, for each
+    backbone's input size, so the runs of a sweep (and its Ray workers on this machine) only read."""
+    from rich.progress import TimeRemainingColumn
+
+    from . import data_check as dc
+    from .image_cache import ImageCache, plain_progress
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    targets = dc.cache_targets(suite, args.data_root, tasks, csv_list(args.backbone))
+    terminal = console.is_terminal
+    rows: list[tuple[str, ...]] = []
+    failed: list[str] = []
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not terminal,  # off a terminal: a few plain lines per split (image_cache.plain_progress)
+    ) as progress:
+        bars: dict[str, Any] = {}
+
+        def on_fill(label: str, done: int, total: int, elapsed: float) -> None:
+            if label not in bars:
+                bars[label] = progress.add_task(f"decoding {label}", total=total)
+            progress.update(bars[label], completed=done, total=total)
+
+        report = on_fill if terminal else plain_progress()
+        cache = ImageCache(args.cache_dir, workers=args.workers, progress=report)
+        done_keys: dict[str, str] = {}
+        for t in targets:
+            if t.source is None:
+                rows.append((t.task, t.backbone, t.split, "-", t.reason or "not cached"))
+                failed += [t.task] if (t.reason or "").startswith("cannot load") else []
+                continue
+            key = t.source.key()
+            if key not in done_keys:
+                before = cache.state(t.source)
+                try:
+                    cache.ensure(t.source)
+                except UserError as err:
+                    done_keys[key] = f"[red]failed[/]: {err}"
+                    failed.append(t.task)
+                else:
+                    done_keys[key] = {
+                        "cached": "already cached",
+                        "stale": f"re-decoded {before.changed} changed image(s)",
+                    }.get(before.state, "[green]decoded[/]")
+            size = f"{len(t.source.relpaths)} x {t.source.out_size}px"
+            rows.append((t.task, t.backbone, t.split, size, done_keys[key]))
+    table = Table(title=f"image cache {args.cache_dir} for suite {suite.name}")
+    for col in ("task", "backbone", "split", "images", "cache"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    held = cache.summary()
+    console.print(f"image cache {held['root']}: {held['entries']} entries, {held['bytes'] / 2**30:.2f} GiB")
+    return 1 if failed else 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from petlbench.benchmarks.suites import load_suite
 
@@ -823,6 +906,9 @@ def cmd_data(args: argparse.Namespace) -> int:
             )
         return 1 if missing else 0
 
+    if args.data_command == "cache":
+        return _data_cache(args, suite, tasks)
+
     manifest_path = None if args.no_manifest else (args.manifest or args.data_root / dc.MANIFEST_NAME)
     manifest = dc.read_manifest(manifest_path) if manifest_path is not None else None
     known = len(manifest) if manifest is not None else 0
@@ -841,9 +927,18 @@ def cmd_data(args: argparse.Namespace) -> int:
     if manifest_path is not None and manifest is not None and len(manifest) != known:
         dc.write_manifest(manifest_path, manifest)
     bad = [c for c in checks if not c.ok]
+    from .image_cache import ImageCache
+
+    loadable = [t for t, c in zip(tasks, checks, strict=True) if c.ok and c.skipped is None]
+    targets = dc.cache_targets(suite, args.data_root, loadable)
+    cache_state = dc.cache_column(targets, ImageCache(args.cache_dir))
+    for c in checks:
+        if c.skipped is not None:
+            cache_state[c.task] = "generated data: not cached"
     if args.json:
         for c in checks:
             row = {
+                "cache": cache_state.get(c.task, "-"),
                 "task": c.task,
                 "loader": c.loader,
                 "status": c.status,
@@ -869,6 +964,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         "duplicated",
         "overlaps",
         "status",
+        "cache",
     ):
         table.add_column(col)
     colour = {"ok": "green", "skipped": "dim", "problems": "red", "error": "red"}
@@ -883,6 +979,7 @@ def cmd_data(args: argparse.Namespace) -> int:
             str(len(c.duplicates)),
             str(sum(len(o.pairs) for o in c.overlaps)),
             f"[{colour[c.status]}]{c.status}[/]",
+            cache_state.get(c.task, "-"),
         )
     out.print(table)
     for c in bad:

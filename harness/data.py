@@ -2,19 +2,45 @@
 
 Small (few-shot, smoke) training sets are decoded and resized once and kept as uint8 tensors, so an
 epoch costs no image decoding. Conversion to float pixels in [0, 1] happens per batch.
+
+With an image cache (harness/image_cache.py) a split decoded from image files is decoded once per
+machine, not once per run: training sets are read from it into memory, evaluation splits
+(``stream=True``) stay on disk and are read batch by batch, so evaluation memory does not grow with
+the split. The pixels are the same bytes either way.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+from collections.abc import Iterator
+
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from petlbench.benchmarks.data import TensorImageDataset
 
+from .image_cache import CachedImageDataset, ImageCache, resize_uint8, source_of
 
-def materialize(dataset: Dataset, image_size: int, interpolation: str = "bicubic") -> TensorImageDataset:
-    """Stack a dataset into uint8 tensors resized (once) to ``image_size``."""
+PREFETCH = 2  # batches read ahead of the one being computed on (streamed datasets)
+
+
+def materialize(
+    dataset: Dataset,
+    image_size: int,
+    interpolation: str = "bicubic",
+    *,
+    cache: ImageCache | None = None,
+    stream: bool = False,
+) -> TensorImageDataset:
+    """Stack a dataset into uint8 tensors resized (once) to ``image_size``. With ``cache``, a split
+    of image files is read from the cache (filled on first use); ``stream`` leaves it on disk (a
+    :class:`CachedImageDataset`, for evaluation) instead of reading it into memory."""
+    source = source_of(dataset, image_size, interpolation) if cache is not None and len(dataset) else None
+    if source is not None:
+        assert cache is not None
+        images, entry = cache.ensure(source)
+        streamed = CachedImageDataset(images, dataset.labels, entry)  # type: ignore[attr-defined]
+        return streamed if stream else streamed.to_memory()
     if isinstance(dataset, TensorImageDataset):
         images, labels = dataset.images, dataset.labels
     else:
@@ -26,18 +52,6 @@ def materialize(dataset: Dataset, image_size: int, interpolation: str = "bicubic
     return TensorImageDataset(images, labels)
 
 
-def resize_uint8(
-    images: torch.Tensor, size: int, interpolation: str = "bicubic", chunk: int = 512
-) -> torch.Tensor:
-    mode = "bicubic" if interpolation == "bicubic" else "bilinear"
-    out = []
-    for start in range(0, images.shape[0], chunk):
-        x = images[start : start + chunk].float()
-        x = F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=True)
-        out.append(x.round().clamp(0, 255).to(torch.uint8))
-    return torch.cat(out)
-
-
 def subset(dataset: TensorImageDataset, indices: list[int]) -> TensorImageDataset:
     index = torch.as_tensor(indices, dtype=torch.long)
     return TensorImageDataset(dataset.images[index], dataset.labels[index])
@@ -46,3 +60,33 @@ def subset(dataset: TensorImageDataset, indices: list[int]) -> TensorImageDatase
 def to_pixels(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float pixels in [0, 1] on ``device``."""
     return images.to(device, non_blocking=True).float().div_(255.0)
+
+
+def iter_uint8(data: TensorImageDataset, batch_size: int, pin: bool = False) -> Iterator[torch.Tensor]:
+    """The images of ``data`` in order, ``batch_size`` at a time, as uint8 (B, 3, H, W). A streamed
+    (cached) dataset is read from disk by a background thread ``PREFETCH`` batches ahead, into pinned
+    buffers when ``pin`` (so the copy to a GPU is asynchronous); memory is those few batches."""
+    n = len(data)
+    if not getattr(data, "streams", False):
+        for start in range(0, n, batch_size):
+            yield data.images[start : start + batch_size]
+        return
+    images = data.images
+    starts = list(range(0, n, batch_size))
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="petlbench-prefetch") as reader:
+        ahead = [reader.submit(images.read, s, s + batch_size, pin) for s in starts[:PREFETCH]]  # type: ignore[attr-defined]
+        for i in range(len(starts)):
+            batch = ahead.pop(0).result()
+            if i + PREFETCH < len(starts):
+                s = starts[i + PREFETCH]
+                ahead.append(reader.submit(images.read, s, s + batch_size, pin))  # type: ignore[attr-defined]
+            yield batch
+
+
+def iter_pixels(data: TensorImageDataset, device: torch.device, batch_size: int) -> Iterator[torch.Tensor]:
+    """Float pixels in [0, 1] on ``device``, batch by batch in order (evaluation and feature
+    caching): a streamed dataset is prefetched and, on CUDA, copied from pinned memory without
+    blocking."""
+    pin = device.type == "cuda" and torch.cuda.is_available()
+    for batch in iter_uint8(data, batch_size, pin=pin):
+        yield to_pixels(batch, device)

@@ -4,7 +4,9 @@
 no empty class), then checks every listed image: present, decodes with PIL (a truncated JPEG fails
 here), and, with a manifest, has the sha256 it had when the manifest was written; and the splits for
 leakage (``leakage.find_leakage``): an image listed twice in a split, or in two splits that must not
-share images (test with any other; train with val), by path or by content hash. The manifest
+share images (test with any other; train with val), by path or by content hash. It also reports
+what the decoded-image cache (harness/image_cache.py) holds of each evaluation split, which
+``bench data cache`` fills ahead of a sweep (``cache_targets``). The manifest
 (``<data root>/petlbench-manifest.json``) maps paths relative to the data root to hashes and sizes;
 a first check writes it, later checks compare against it and add files it does not know.
 """
@@ -12,7 +14,7 @@ a first check writes it, later checks compare against it and add files it does n
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from petlbench.benchmarks.datasets._files import TaskListing, check_labels, get_
 from petlbench.benchmarks.suites import Suite, TaskSpec
 from petlbench.errors import UserError
 
+from .image_cache import CacheSource, ImageCache
 from .leakage import Duplicate, Leakage, Overlap, file_sha256, find_leakage
 
 MANIFEST_NAME = "petlbench-manifest.json"
@@ -171,6 +174,93 @@ def check_task(
         found = find_leakage(listing)
         result.duplicates, result.overlaps = found.duplicates, found.overlaps
     return result
+
+
+# ----- image cache -----------------------------------------------------------------------------------
+
+
+@dataclass
+class CacheTarget:
+    """One evaluation split as one backbone reads it: its cache source, or why it is not cached."""
+
+    task: str
+    backbone: str
+    split: str
+    source: CacheSource | None = None
+    reason: str | None = None  # not cacheable, or the task cannot be loaded
+
+
+def _backbone_input(name: str, decoded: int, known: dict[str, tuple[int, str]]) -> tuple[int, str]:
+    """A backbone's input side and interpolation: the declared side when the split is decoded at it
+    (the interpolation is then unused), else built with random weights to learn both."""
+    from petlbench.backbones.registry import backbone_entry, build_backbone
+
+    entry = backbone_entry(name)
+    if entry.image_size == decoded:
+        return decoded, "bicubic"
+    if name not in known:
+        backbone = build_backbone(name, pretrained=False)
+        known[name] = (int(backbone.image_size), str(backbone.interpolation))
+    return known[name]
+
+
+def cache_targets(
+    suite: Suite, data_root: Path, tasks: Iterable[TaskSpec], backbones: Sequence[str] | None = None
+) -> list[CacheTarget]:
+    """The evaluation split of every task (the suite protocol's ``eval_split``) for every backbone:
+    what `bench data cache` fills and `bench data check` reports. Generated data, sequence-to-sequence
+    data and rows without a source file per image are not cached (``reason`` says which)."""
+    from petlbench.benchmarks.datasets import load_task
+
+    from .image_cache import source_of
+
+    known: dict[str, tuple[int, str]] = {}
+    names = list(backbones or suite.backbones)
+    out: list[CacheTarget] = []
+    for task in tasks:
+        split = suite.protocol_for(task).eval_split
+        skip = None
+        if loader_entry(task.loader).generative:
+            skip = "sequence-to-sequence data: not cached"
+        elif get_lister(task.loader) is None:
+            skip = "generated data: not cached"
+        if skip is not None:
+            out += [CacheTarget(task.name, b, split, reason=skip) for b in names]
+            continue
+        try:
+            data = load_task(task, data_root)
+            dataset = data.split(split)
+        except UserError as err:
+            out += [CacheTarget(task.name, b, split, reason=f"cannot load: {err}") for b in names]
+            continue
+        decoded = int(getattr(dataset, "image_args", {}).get("image_size", data.image_size))
+        for name in names:
+            size, interpolation = _backbone_input(name, decoded, known)
+            source = source_of(dataset, size, interpolation)
+            reason = None if source is not None else "no source file per image: not cached"
+            out.append(CacheTarget(task.name, name, split, source, reason))
+    return out
+
+
+def cache_column(targets: Sequence[CacheTarget], cache: ImageCache) -> dict[str, str]:
+    """Task -> the state of its evaluation split in the cache, for `bench data check`'s table:
+    ``cached 2/2`` (backbones whose input size is decoded), ``stale`` (source files changed since),
+    or why it is not cached."""
+    by_task: dict[str, list[CacheTarget]] = {}
+    for t in targets:
+        by_task.setdefault(t.task, []).append(t)
+    column = {}
+    for task, items in by_task.items():
+        cacheable = {t.source.key(): t.source for t in items if t.source is not None}
+        if not cacheable:
+            column[task] = items[0].reason or "not cached"
+            continue
+        states = [cache.state(source) for source in cacheable.values()]
+        done = sum(st.state == "cached" for st in states)
+        stale = sum(st.changed for st in states)
+        text = f"cached {done}/{len(states)}"
+        column[task] = text + (f", {stale} changed file(s) to re-decode" if stale else "")
+    return column
 
 
 def count_files(suite: Suite, data_root: Path, tasks: Iterable[TaskSpec]) -> int:

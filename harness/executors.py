@@ -86,7 +86,7 @@ class LocalExecutor(Executor):
         return out
 
 
-_WORKER_RUNNERS: dict[tuple[str, str | None, str, str | None], Runner] = {}
+_WORKER_RUNNERS: dict[tuple[str, str | None, str, str | None, str | None], Runner] = {}
 
 
 def _compute_in_worker(
@@ -96,6 +96,7 @@ def _compute_in_worker(
     device: str,
     checkpoint_dir: str | None,
     threads: int = 1,
+    image_cache: str | None = None,
 ) -> ComputedRun:
     """One run in a worker process (a pool worker or a Ray worker: a module-level function, so it
     ships by reference). The worker keeps its Runner, and so the decoded task data, for the next spec
@@ -103,7 +104,7 @@ def _compute_in_worker(
     import torch
 
     torch.set_num_threads(max(1, threads))
-    key = (suite.sha256, data_root, device, checkpoint_dir)
+    key = (suite.sha256, data_root, device, checkpoint_dir, image_cache)
     runner = _WORKER_RUNNERS.get(key)
     if runner is None:
         runner = _WORKER_RUNNERS[key] = Runner(
@@ -112,8 +113,14 @@ def _compute_in_worker(
             data_root=Path(data_root) if data_root else None,
             device=device,
             checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+            image_cache=image_cache,  # the driver's cache folder (None: off)
         )
     return runner.compute(spec)
+
+
+def _cache_root(runner: Runner) -> str | None:
+    """The driver's image-cache folder for its workers (None: the cache is off)."""
+    return str(runner.image_cache.root) if runner.image_cache is not None else None
 
 
 class PoolExecutor(Executor):
@@ -159,6 +166,8 @@ class PoolExecutor(Executor):
             str(runner.data_root) if runner.data_root else None,
             device,
             str(runner.checkpoint_dir) if runner.checkpoint_dir else None,
+            1,
+            _cache_root(runner),
         )
         pool = self._workers()
         pending: dict[concurrent.futures.Future[ComputedRun], RunSpec] = {}
@@ -266,6 +275,7 @@ class RayExecutor(Executor):
                 device,
                 str(runner.checkpoint_dir) if runner.checkpoint_dir else None,
                 self.threads,
+                _cache_root(runner),
             )
             pending[ref] = spec
         while pending:

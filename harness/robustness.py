@@ -28,6 +28,7 @@ DEFAULT_EPSILONS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
 PIXEL_UNIT = "pixel"  # epsilons are pixel fractions in [0, 1] (this module)
 EMBEDDING_UNIT = "embedding"  # epsilons are per-coordinate embedding budgets (harness/seq2seq_robustness.py)
 UNITS = (PIXEL_UNIT, EMBEDDING_UNIT)
+CHUNK_BATCHES = 4  # FGSM holds this many batches of float pixels at a time
 
 
 def check_fgsm_options(options: Mapping[str, Any] | None) -> None:
@@ -84,8 +85,6 @@ def fgsm(
 
     device = device or next(model.parameters()).device
     n = len(data) if max_examples is None else min(len(data), max_examples)
-    x = data.images[:n].float().div(255.0).numpy().astype(np.float32)
-    y = data.labels[:n].numpy()
     was_training = model.training
     model.eval()
 
@@ -93,35 +92,49 @@ def fgsm(
         return PyTorchClassifier(
             model=_FloatLogits(model),
             loss=nn.CrossEntropyLoss(),
-            input_shape=tuple(x.shape[1:]),
+            input_shape=tuple(data.images.shape[1:]),
             nb_classes=num_classes,
             clip_values=clip_values,
             device_type="gpu" if device.type == "cuda" else "cpu",
         )
 
     classifier = estimator((0.0, 1.0))
+    attack = any(float(e) > 0 for e in epsilons)
+    unit = (
+        FastGradientMethod(estimator(None), norm=np.inf, eps=1.0, eps_step=1.0, batch_size=batch_size)
+        if attack
+        else None
+    )
+    # The examples go through in chunks of whole ART batches (memory: one chunk of float pixels, not
+    # the split; a cached split streams from disk). ART batches every call by ``batch_size`` from
+    # the start, so chunks of a multiple of it see exactly the batches one call over all would.
+    chunk = batch_size * CHUNK_BATCHES
+    clean_hits, hits = 0, [0] * len(epsilons)
+    norms = [0.0] * len(epsilons)
 
-    def accuracy(inputs: np.ndarray) -> float:
+    def correct(inputs: np.ndarray, y: np.ndarray) -> int:
         preds = classifier.predict(inputs, batch_size=batch_size).argmax(axis=1)
-        return float((preds == y).mean() * 100.0)
+        return int((preds == y).sum())
 
-    clean = accuracy(x)
-    robust, norms = [], []
     try:
-        if any(float(e) > 0 for e in epsilons):
-            unit = FastGradientMethod(
-                estimator(None), norm=np.inf, eps=1.0, eps_step=1.0, batch_size=batch_size
-            )
-            direction = np.sign(unit.generate(x=x, y=y) - x)  # sign(grad): exactly -1, 0 or 1
-        for eps in epsilons:
-            if float(eps) == 0:
-                adv = x
-            else:
-                adv = np.clip(x + np.float32(eps) * direction, 0.0, 1.0).astype(np.float32)
-            robust.append(accuracy(adv))
-            norms.append(float(np.abs(adv - x).max()))
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            x = data.images[start:stop].float().div(255.0).numpy().astype(np.float32)
+            y = data.labels[start:stop].numpy()
+            clean_hits += correct(x, y)
+            if unit is not None:
+                direction = np.sign(unit.generate(x=x, y=y) - x)  # sign(grad): exactly -1, 0 or 1
+            for k, eps in enumerate(epsilons):
+                if float(eps) == 0:
+                    adv = x
+                else:
+                    adv = np.clip(x + np.float32(eps) * direction, 0.0, 1.0).astype(np.float32)
+                hits[k] += correct(adv, y)
+                norms[k] = max(norms[k], float(np.abs(adv - x).max()))
     finally:
         model.train(was_training)
+    clean = float(np.float64(clean_hits) / n * 100.0)
+    robust = [float(np.float64(h) / n * 100.0) for h in hits]
     return {
         "attack": "FGSM (adversarial-robustness-toolbox FastGradientMethod, L-inf, untargeted)",
         "space": "pixels in [0, 1], normalisation inside the model",

@@ -35,6 +35,7 @@ from .building import attach_method, out_of_memory_as_user_error, refuse_nothing
 from .checkpoint import CheckpointError, load_state, save_state
 from .data import materialize, to_pixels
 from .flops import image_gmacs, text_gmacs_per_prompt
+from .image_cache import ImageCache, default_cache_dir
 from .leakage import refuse_leakage
 from .memory import PeakMemory
 from .provenance import collect_provenance
@@ -198,12 +199,21 @@ class Runner:
         data_root: Path | None = None,
         device: str = "auto",
         checkpoint_dir: Path | None = None,
+        image_cache: Path | str | None = "default",
     ) -> None:
         self.store = store
         self.suite = suite
         self.data_root = data_root
         self.device = resolve_device(device)
         self.checkpoint_dir = checkpoint_dir
+        # Decoded images on disk, shared by runs and processes (harness/image_cache.py): "default" is
+        # <store folder>/image-cache (beside the checkpoints; a worker built from checkpoint_dir finds
+        # the same one), None turns it off. Decode workers: this process's torch threads (1 in a
+        # --jobs worker, so N workers never start N x N decoders).
+        if image_cache == "default":
+            image_cache = default_cache_dir(checkpoint_dir) if checkpoint_dir is not None else None
+        threads = torch.get_num_threads()
+        self.image_cache = ImageCache(Path(image_cache), workers=threads) if image_cache is not None else None
         self.on_wait: Callable[[RunSpec], None] | None = None  # told once when a spec is busy elsewhere
         self.poll_s = 2.0
         self._task_cache: dict[str, TaskData] = {}
@@ -323,12 +333,17 @@ class Runner:
             train_split, _ = few_shot_splits(
                 self._task_data(task, decode), train_name, protocol.selection_split, protocol.shots, spec.seed
             )
-        train = materialize(train_split, decode, interp)
-        selection = materialize(selection_split, size, interp)
+        train = materialize(train_split, decode, interp, cache=self.image_cache)
+        selection = materialize(selection_split, size, interp, cache=self.image_cache, stream=True)
         # A search trial (stage "search") is scored on the selection split and never reads the
         # evaluation split: hyperparameters are chosen without seeing test data.
         searching = spec.stage == "search"
-        final = selection if searching else materialize(data.split(protocol.eval_split), size, interp)
+        disk = self.image_cache
+        final = (
+            selection
+            if searching
+            else materialize(data.split(protocol.eval_split), size, interp, cache=disk, stream=True)
+        )
         metric = get_metric(task.metric)
         num_classes = len(task.class_names or data.class_names)
         cache = not backbone.tower("image").has_trainable_parameters()
@@ -477,7 +492,11 @@ class Runner:
         model.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
         protocol = protocol_of(spec)
         final = materialize(
-            data.split(protocol.eval_split), model.backbone.image_size, model.backbone.interpolation
+            data.split(protocol.eval_split),
+            model.backbone.image_size,
+            model.backbone.interpolation,
+            cache=self.image_cache,
+            stream=True,
         )
         classes = len(task.class_names or data.class_names)
         measured = fgsm(

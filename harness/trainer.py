@@ -26,7 +26,7 @@ from petlbench.benchmarks.data import TensorImageDataset
 from petlbench.methods.base import Callback, LossContext, Method, frozen_backbone
 
 from .checkpoint import CheckpointError, load_state, save_state
-from .data import to_pixels
+from .data import iter_pixels, to_pixels
 
 
 @dataclass
@@ -358,8 +358,7 @@ def image_features(
     was_training = model.training
     model.eval()
     feats = []
-    for start in range(0, len(data), batch_size):
-        pixels = to_pixels(data.images[start : start + batch_size], device)
+    for pixels in iter_pixels(data, device, batch_size):  # a cached split streams from disk
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             feats.append(model.features(pixels).float())
     model.train(was_training)
@@ -379,12 +378,14 @@ def predict(
     was_training = model.training
     model.eval()
     preds = []
-    for start in range(0, len(data), batch_size):
+    inputs = (
+        (features[start : start + batch_size] for start in range(0, len(data), batch_size))
+        if features is not None
+        else iter_pixels(data, device, batch_size)  # a cached split streams from disk
+    )
+    for x in inputs:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            if features is not None:
-                logits = model.head(features[start : start + batch_size])
-            else:
-                logits = model(to_pixels(data.images[start : start + batch_size], device))
-        preds.append(logits.argmax(dim=-1).cpu())
+            logits = model.head(x) if features is not None else model(x)
+        preds.append(logits.argmax(dim=-1))  # on device: no sync per batch, the next one is read meanwhile
     model.train(was_training)
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    return torch.cat(preds).cpu() if preds else torch.empty(0, dtype=torch.long)

@@ -434,3 +434,16 @@ def test_a_pool_serves_every_run_call_until_closed(tmp_path):
         assert executor._pool is None
         assert [d.error for d in first + second] == [None, None]
         assert all(r.status == "finished" for r in store.records())
+
+
+def test_workers_get_the_drivers_image_cache_folder(tmp_path):
+    """--cache-dir / --no-image-cache reach pool and Ray workers: they are handed the driver's folder."""
+    from petlbench.benchmarks.suites import load_suite
+    from petlbench.harness.executors import _cache_root
+    from petlbench.harness.runner import Runner
+
+    suite = load_suite("smoke")
+    assert _cache_root(Runner(None, suite, image_cache=tmp_path / "c")) == str(tmp_path / "c")
+    assert _cache_root(Runner(None, suite, image_cache=None)) is None
+    default = Runner(None, suite, checkpoint_dir=tmp_path / "runs" / "checkpoints")
+    assert _cache_root(default) == str(default.image_cache.root)

@@ -12,6 +12,8 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
+from .base import Method
+
 TOWER_NAMES = ("image", "text", "encoder", "decoder")
 EVERY = ("both", "all")
 ENCODER_DECODER_KINDS = ("ofa",)
@@ -48,3 +50,26 @@ def resolve_towers(method: str, spec: str, backbone: Backbone) -> dict[str, Towe
             f"(it has {', '.join(backbone.tower_names)}); choose tower= among those"
         )
     return {n: backbone.tower(n) for n in backbone.tower_names if n in names}
+
+
+class TowerChoice(Method):
+    """The base of the methods with a ``tower`` option (and usually a branch ``dropout``): LoRA, DoRA,
+    VeRA, prefix, Adapter, BitFit, SSF, AdaptFormer, FacT, Convpass. Which towers they need is their
+    option, checked when attached (:func:`resolve_towers`), not a class attribute; the option and the
+    dropout are checked once here, before anything is built. Subclasses add their own checks and call
+    ``super().validate_config()``."""
+
+    @classmethod
+    def required_towers(cls) -> tuple[str, ...]:
+        return ()
+
+    def validate_config(self) -> None:
+        c = self.config
+        dropout = getattr(c, "dropout", None)
+        if isinstance(dropout, float) and not 0.0 <= dropout < 1.0:
+            raise UserError(f"{self.name}: dropout must be in [0, 1), got {dropout}")
+        parse_towers(self.name, c.tower)
+
+    def chosen_towers(self, backbone: Backbone) -> dict[str, Tower]:
+        """The backbone's towers the ``tower`` option selects, in the backbone's order."""
+        return resolve_towers(self.name, self.config.tower, backbone)

@@ -26,8 +26,8 @@ from torch import nn
 from petlbench.backbones.base import Backbone
 from petlbench.errors import UserError
 
-from ._towers import ENCODER_DECODER_KINDS, parse_towers, resolve_towers, tower_defaults
-from .base import MAX_WIDTH, Method
+from ._towers import ENCODER_DECODER_KINDS, TowerChoice, tower_defaults
+from .base import MAX_WIDTH
 
 STYLES = ("pfeiffer", "houlsby")
 INITS = ("xavier", "kaiming", "bert")
@@ -85,7 +85,7 @@ class BottleneckAdapter(nn.Module):
         return h + self.scale * self.up(self.act(self.down(h)))
 
 
-class Adapter(Method):
+class Adapter(TowerChoice):
     name = "adapter"
     family = "adapter"
     paper = "Houlsby et al., Parameter-Efficient Transfer Learning for NLP, ICML 2019 (and Pfeiffer 2021)"
@@ -94,6 +94,7 @@ class Adapter(Method):
     towers = ("image", "text", "encoder", "decoder")
 
     def validate_config(self) -> None:
+        super().validate_config()
         c = self.config
         if c.style not in STYLES:
             raise UserError(f"adapter: style must be one of {', '.join(STYLES)}, not {c.style!r}")
@@ -107,11 +108,7 @@ class Adapter(Method):
             raise UserError(f"adapter: dim (the bottleneck width) must be at least 1, got {c.dim}")
         if c.reduction is not None and c.reduction < 1:
             raise UserError(f"adapter: reduction must be at least 1, got {c.reduction}")
-        parse_towers(self.name, c.tower)
 
-    @classmethod
-    def required_towers(cls) -> tuple[str, ...]:
-        return ()
 
     @classmethod
     def kind_defaults(cls, kind: str) -> dict[str, Any]:
@@ -133,7 +130,7 @@ class Adapter(Method):
         c = self.config
         self.adapters = nn.ModuleDict()  # "<tower>" -> ModuleDict("attn"/"mlp" -> ModuleList per layer)
         places = ("attn", "mlp") if c.style == "houlsby" else ("mlp",)
-        for tower_name, tower in resolve_towers(self.name, c.tower, backbone).items():
+        for tower_name, tower in self.chosen_towers(backbone).items():
             widths = tower.layer_widths  # one width on ViT/CLIP; per stage on Swin
             per_place = nn.ModuleDict(
                 {

@@ -22,10 +22,9 @@ from torch import nn
 
 from petlbench.backbones.base import Backbone
 from petlbench.backbones.slots import ParallelBranch
-from petlbench.errors import UserError
 
-from ._towers import parse_towers, resolve_towers
-from .base import MAX_WIDTH, Method
+from ._towers import TowerChoice
+from .base import MAX_WIDTH
 
 
 @dataclass
@@ -56,7 +55,7 @@ class ParallelAdapter(nn.Module):
         return self.up(self.dropout(self.act(self.down(x)))) * self.scale
 
 
-class AdaptFormer(Method):
+class AdaptFormer(TowerChoice):
     name = "adaptformer"
     family = "adapter"
     paper = (
@@ -74,20 +73,11 @@ class AdaptFormer(Method):
         },
     )
 
-    def validate_config(self) -> None:
-        c = self.config
-        if not 0.0 <= c.dropout < 1.0:
-            raise UserError(f"adaptformer: dropout must be in [0, 1), got {c.dropout}")
-        parse_towers(self.name, c.tower)
-
-    @classmethod
-    def required_towers(cls) -> tuple[str, ...]:
-        return ()
 
     def attach(self, backbone: Backbone) -> None:
         c = self.config
         self.adapters = nn.ModuleDict()
-        for tower_name, tower in resolve_towers(self.name, c.tower, backbone).items():
+        for tower_name, tower in self.chosen_towers(backbone).items():
             layers = nn.ModuleList(ParallelAdapter(w, c.dim, c.scale, c.dropout) for w in tower.layer_widths)
             self.adapters[tower_name] = layers
             for layer, module in enumerate(layers):

@@ -33,8 +33,7 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
-from ._towers import parse_towers, resolve_towers, tower_defaults
-from .base import Method
+from ._towers import TowerChoice, tower_defaults
 
 VARIANTS = ("all", "ofa")
 
@@ -72,7 +71,7 @@ def select_biases(tower: Tower, variant: str) -> dict[str, nn.Parameter]:
     return {n: p for n, p in tower.named_parameters() if id(p) in wanted}
 
 
-class BitFit(Method):
+class BitFit(TowerChoice):
     name = "bitfit"
     family = "selective"
     paper = "Ben Zaken et al., BitFit: Simple Parameter-efficient Fine-tuning, ACL 2022"
@@ -80,15 +79,12 @@ class BitFit(Method):
     towers = ("image", "text", "encoder", "decoder")
 
     def validate_config(self) -> None:
+        super().validate_config()
         if self.config.variant not in VARIANTS:
             raise UserError(
                 f"{self.name}: variant must be one of {', '.join(VARIANTS)}, not {self.config.variant!r}"
             )
-        parse_towers(self.name, self.config.tower)
 
-    @classmethod
-    def required_towers(cls) -> tuple[str, ...]:
-        return ()
 
     @classmethod
     def kind_defaults(cls, kind: str) -> dict[str, Any]:
@@ -98,7 +94,7 @@ class BitFit(Method):
         # A plain dict in __dict__: the classifier owns the backbone; registering its biases here
         # would duplicate them in the method's state_dict and parameter count.
         params: dict[str, nn.Parameter] = {}
-        for tower_name, tower in resolve_towers(self.name, self.config.tower, backbone).items():
+        for tower_name, tower in self.chosen_towers(backbone).items():
             for name, p in select_biases(tower, self.config.variant).items():
                 params[f"{tower_name}.{name}"] = p
         if not params:

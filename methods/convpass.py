@@ -29,9 +29,9 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.slots import ParallelBranch
 from petlbench.errors import UserError
 
-from ._towers import parse_towers, resolve_towers
+from ._towers import TowerChoice, parse_towers
 from .adapter import QuickGELU
-from .base import MAX_WIDTH, Method
+from .base import MAX_WIDTH
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Scaled(nn.Module):
         return self.module(h) * self.scale
 
 
-class Convpass(Method):
+class Convpass(TowerChoice):
     name = "convpass"
     family = "adapter"
     paper = "Jie & Deng, Convolutional Bypasses Are Better Vision Transformer Adapters, arXiv 2207.07039"
@@ -112,10 +112,13 @@ class Convpass(Method):
         },
     )
 
+    @classmethod
+    def required_towers(cls) -> tuple[str, ...]:
+        return cls.towers  # a patch grid: the image tower (TowerChoice's default needs none)
+
     def validate_config(self) -> None:
+        super().validate_config()
         c = self.config
-        if not 0.0 <= c.dropout < 1.0:
-            raise UserError(f"convpass: dropout must be in [0, 1), got {c.dropout}")
         names = parse_towers(self.name, c.tower)
         if "text" in names:
             raise UserError("convpass: the text tower has no patch grid to convolve; use tower=image")
@@ -123,7 +126,7 @@ class Convpass(Method):
     def attach(self, backbone: Backbone) -> None:
         c = self.config
         self.bypasses = nn.ModuleDict()
-        for tower_name, tower in resolve_towers(self.name, c.tower, backbone).items():
+        for tower_name, tower in self.chosen_towers(backbone).items():
             if tower.layer_grid(0) is None:
                 raise UserError(f"convpass: tower {tower_name!r} of {backbone.name!r} has no patch grid")
             places = ("attn", "mlp") if c.mlp_bypass else ("attn",)

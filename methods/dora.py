@@ -25,7 +25,6 @@ from torch import nn
 
 from petlbench.backbones.base import Backbone
 
-from ._towers import resolve_towers
 from .lora import PROJECTIONS, LoRA, LoRAConfig, LoRAQKV, parse_targets
 
 
@@ -113,7 +112,7 @@ class DoRA(LoRA):
     def attach(self, backbone: Backbone) -> None:
         c = self.config
         targets = parse_targets(c.targets)
-        for tower_name, tower in resolve_towers(self.name, c.tower, backbone).items():
+        for tower_name, tower in self.chosen_towers(backbone).items():
             self.lora[tower_name] = nn.ModuleList(
                 DoRAQKV(w, c.rank, targets, self.scaling, c.dropout, view.qkv_weight)
                 for w, view in zip(tower.layer_widths, tower._views, strict=True)

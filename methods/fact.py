@@ -34,8 +34,8 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
-from ._towers import parse_towers, resolve_towers
-from .base import MAX_WIDTH, Method
+from ._towers import TowerChoice
+from .base import MAX_WIDTH
 
 ATTN_OPS = ("q", "k", "v", "proj")
 
@@ -133,7 +133,7 @@ class _Delta(nn.Module):
         return f.fc1(self.layer, x) if self.op == "fc1" else f.fc2(self.layer, x)
 
 
-class _FacT(Method):
+class _FacT(TowerChoice):
     mode: ClassVar[str]
     family = "reparameterization"
     paper = "Jie & Deng, FacT: Factor-Tuning for Lightweight Adaptation on Vision Transformer, AAAI 2023"
@@ -149,20 +149,11 @@ class _FacT(Method):
         },
     )
 
-    def validate_config(self) -> None:
-        c = self.config
-        if not 0.0 <= c.dropout < 1.0:
-            raise UserError(f"{self.name}: dropout must be in [0, 1), got {c.dropout}")
-        parse_towers(self.name, c.tower)
-
-    @classmethod
-    def required_towers(cls) -> tuple[str, ...]:
-        return ()
 
     def attach(self, backbone: Backbone) -> None:
         c = self.config
         self.factors = nn.ModuleDict()
-        for tower_name, tower in resolve_towers(self.name, c.tower, backbone).items():
+        for tower_name, tower in self.chosen_towers(backbone).items():
             ratio = self._check(tower_name, tower)
             factors = FacTFactors(self.mode, tower.width, ratio, tower.depth, c.rank, c.scale, c.dropout)
             self.factors[tower_name] = factors

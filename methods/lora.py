@@ -34,8 +34,8 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
-from ._towers import parse_towers, resolve_towers, tower_defaults
-from .base import MAX_WIDTH, Method, Stage, StageContext
+from ._towers import TowerChoice, tower_defaults
+from .base import MAX_WIDTH, Stage, StageContext
 
 PROJECTIONS = ("q", "k", "v")
 MERGED_KEY = "merged"
@@ -106,7 +106,7 @@ class LoRAQKV(nn.Module):
         return torch.cat(rows, dim=0)
 
 
-class LoRA(Method):
+class LoRA(TowerChoice):
     name = "lora"
     family = "reparameterization"
     paper = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
@@ -121,17 +121,12 @@ class LoRA(Method):
         self._merged = False
 
     def validate_config(self) -> None:
+        super().validate_config()
         c = self.config
         if not math.isfinite(c.alpha) or c.alpha <= 0:
             raise UserError(f"lora: alpha must be a positive number, got {c.alpha}")
-        if not 0.0 <= c.dropout < 1.0:
-            raise UserError(f"lora: dropout must be in [0, 1), got {c.dropout}")
         parse_targets(c.targets)
-        parse_towers(self.name, c.tower)
 
-    @classmethod
-    def required_towers(cls) -> tuple[str, ...]:
-        return ()
 
     @classmethod
     def kind_defaults(cls, kind: str) -> dict[str, Any]:
@@ -148,7 +143,7 @@ class LoRA(Method):
     def attach(self, backbone: Backbone) -> None:
         c = self.config
         targets = parse_targets(c.targets)
-        for tower_name, tower in resolve_towers(self.name, c.tower, backbone).items():
+        for tower_name, tower in self.chosen_towers(backbone).items():
             self.lora[tower_name] = nn.ModuleList(
                 LoRAQKV(w, c.rank, targets, self.scaling, c.dropout) for w in tower.layer_widths
             )

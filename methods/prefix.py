@@ -56,8 +56,8 @@ from petlbench.backbones.slots import MaskedKV
 from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
-from ._towers import parse_towers, resolve_towers, tower_defaults
-from .base import MAX_TOKENS, MAX_WIDTH, Method, Stage, StageContext
+from ._towers import TowerChoice, tower_defaults
+from .base import MAX_TOKENS, MAX_WIDTH, Stage, StageContext
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 # Prefix length on OFA: the paper's recommendation (ofa-prompt-tuning.md section 1, section 4.3 "Prompt
@@ -112,7 +112,7 @@ class PrefixKV(MaskedKV):
             return self.active()[1]
 
 
-class PrefixTuning(Method):
+class PrefixTuning(TowerChoice):
     name = "prefix"
     family = "prompt"
     paper = "Li & Liang, Prefix-Tuning, ACL 2021 (OFA prompt tuning, Yang et al. 2022)"
@@ -134,6 +134,7 @@ class PrefixTuning(Method):
         self._towers: dict[str, Tower] = {}  # plain dict: the method must not own backbone weights
 
     def validate_config(self) -> None:
+        super().validate_config()
         c = self.config
         if c.length < 0 or any(v is not None and v < 0 for v in (c.text_length, c.decoder_length)):
             raise UserError("prefix: length, text_length and decoder_length must be >= 0 (0: no prefixes)")
@@ -143,15 +144,9 @@ class PrefixTuning(Method):
             raise UserError(
                 f"prefix: activation must be one of {', '.join(ACTIVATIONS)}, not {c.activation!r}"
             )
-        if not 0.0 <= c.dropout < 1.0:
-            raise UserError(f"prefix: dropout must be in [0, 1), got {c.dropout}")
         if not math.isfinite(c.init_std) or c.init_std < 0:
             raise UserError(f"prefix: init_std must be >= 0, got {c.init_std}")
-        parse_towers(self.name, c.tower)
 
-    @classmethod
-    def required_towers(cls) -> tuple[str, ...]:
-        return ()
 
     @classmethod
     def kind_defaults(cls, kind: str) -> dict[str, Any]:
@@ -173,7 +168,7 @@ class PrefixTuning(Method):
     # ----- attach -------------------------------------------------------------------------------
     def attach(self, backbone: Backbone) -> None:
         c = self.config
-        for name, tower in resolve_towers(self.name, c.tower, backbone).items():
+        for name, tower in self.chosen_towers(backbone).items():
             for layer in range(tower.depth):
                 if tower.layer_width(layer) % tower.layer_heads(layer):
                     raise UserError(

@@ -30,8 +30,8 @@ from petlbench.backbones.slots import OPS
 from petlbench.backbones.tower import Tower
 from petlbench.backbones.vit import fold_affine
 
-from ._towers import parse_towers, resolve_towers
-from .base import Method, Stage, StageContext
+from ._towers import TowerChoice
+from .base import Stage, StageContext
 
 FOLDED_KEY = "folded"
 
@@ -76,7 +76,7 @@ def _op_width(tower: Tower, layer: int, op: str) -> int:
     return width
 
 
-class SSF(Method):
+class SSF(TowerChoice):
     name = "ssf"
     family = "reparameterization"
     paper = (
@@ -108,11 +108,8 @@ class SSF(Method):
         self._folded = False
 
     def validate_config(self) -> None:
-        parse_towers(self.name, self.config.tower)
+        super().validate_config()
 
-    @classmethod
-    def required_towers(cls) -> tuple[str, ...]:
-        return ()
 
     @property
     def folded(self) -> bool:
@@ -120,7 +117,7 @@ class SSF(Method):
 
     def attach(self, backbone: Backbone) -> None:
         std = self.config.init_std
-        for tower_name, tower in resolve_towers(self.name, self.config.tower, backbone).items():
+        for tower_name, tower in self.chosen_towers(backbone).items():
             mods = nn.ModuleDict()
             if tower_name == "image":  # text has no patch embedding; its final norm is pooled inside
                 mods["embed"] = ScaleShift(tower.width, std)

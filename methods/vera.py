@@ -26,10 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from petlbench.backbones.base import Backbone
-from petlbench.errors import UserError
 
-from ._towers import parse_towers, resolve_towers, tower_defaults
-from .base import MAX_WIDTH, Method
+from ._towers import TowerChoice, tower_defaults
+from .base import MAX_WIDTH
 from .lora import PROJECTIONS, parse_targets
 
 
@@ -79,7 +78,7 @@ class VeRAQKV(nn.Module):
         return torch.cat([updates.get(t, zeros) for t in PROJECTIONS], dim=-1)
 
 
-class VeRA(Method):
+class VeRA(TowerChoice):
     name = "vera"
     family = "reparameterization"
     paper = "Kopiczko et al., VeRA: Vector-based Random Matrix Adaptation, ICLR 2024 (peft's implementation)"
@@ -88,15 +87,10 @@ class VeRA(Method):
     towers = ("image", "text", "encoder", "decoder")
 
     def validate_config(self) -> None:
+        super().validate_config()
         c = self.config
-        if not 0.0 <= c.dropout < 1.0:
-            raise UserError(f"vera: dropout must be in [0, 1), got {c.dropout}")
         parse_targets(c.targets)
-        parse_towers(self.name, c.tower)
 
-    @classmethod
-    def required_towers(cls) -> tuple[str, ...]:
-        return ()
 
     @classmethod
     def kind_defaults(cls, kind: str) -> dict[str, Any]:
@@ -105,7 +99,7 @@ class VeRA(Method):
     def attach(self, backbone: Backbone) -> None:
         c = self.config
         targets = parse_targets(c.targets)
-        towers = resolve_towers(self.name, c.tower, backbone)
+        towers = self.chosen_towers(backbone)
         widths = [w for tower in towers.values() for w in tower.layer_widths]
         max_in, max_out = max(widths), max(widths) * (3 if targets == ("qkv",) else 1)
         generator = torch.Generator(device="cpu").manual_seed(c.projection_prng_key)

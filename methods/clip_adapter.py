@@ -25,6 +25,7 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.heads import TextClassifierHead
 from petlbench.errors import UserError
 
+from ._heads import OverTextHead
 from .base import MAX_WIDTH, Method
 
 SIDES = ("image", "text", "both")
@@ -48,20 +49,11 @@ def feature_adapter(dim: int, reduction: int) -> nn.Sequential:
     )
 
 
-class CLIPAdapterHead(nn.Module):
+class CLIPAdapterHead(OverTextHead):
     """Image features (B, D) -> logits (B, C): adapters on the image and/or class features, then the
     text head's cosine logits. The adapters belong to the method (counted and saved there)."""
 
-    def __init__(self, method: CLIPAdapter, text_head: TextClassifierHead) -> None:
-        super().__init__()
-        self.__dict__["method"] = method
-        self.text_head = text_head
-        self.prompt_texts = text_head.prompt_texts
-
-    @property
-    def token_ids(self) -> torch.Tensor:
-        """The class prompts' token ids (what the cost measurement counts)."""
-        return self.text_head.token_ids
+    method: CLIPAdapter
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         m, ratio = self.method, self.method.config.ratio

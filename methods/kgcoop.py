@@ -37,6 +37,7 @@ from torch import nn
 from petlbench.backbones.base import Backbone
 from petlbench.errors import UserError
 
+from ._heads import KeepsTeacherText
 from .base import MAX_TOKENS, LossContext, frozen_class_features
 from .coop import CoOp, CoOpHead, build_layout
 
@@ -60,19 +61,13 @@ class KgCoOpConfig:
         return "end"
 
 
-class KgCoOpHead(CoOpHead):
+class KgCoOpHead(KeepsTeacherText, CoOpHead):
     """CoOp's head that also holds the frozen hand-crafted class features (C, D) and keeps the
     learned class features of the last training forward, so the penalty reuses that text pass."""
 
     def __init__(self, method: CoOp, backbone: Backbone, layout: Any, teacher: torch.Tensor) -> None:
         super().__init__(method, backbone, layout)
-        self.register_buffer("teacher_text", teacher, persistent=False)
-        self.last_text: torch.Tensor | None = None
-
-    def class_features(self) -> torch.Tensor:
-        feats = super().class_features()
-        self.last_text = feats
-        return feats
+        self.keep_teacher(teacher)
 
 
 class KgCoOp(CoOp):

@@ -35,6 +35,7 @@ from torch import nn
 from petlbench.backbones.base import Backbone
 from petlbench.backbones.heads import prompt_class_name
 
+from ._heads import KeepsTeacherText
 from .base import MAX_LAYERS, MAX_TOKENS, Callback, LossContext, frozen_backbone
 from .maple import IVLP, MaPLeHead
 
@@ -126,20 +127,14 @@ def gpa_weights(epochs: int, mean: float, std: float) -> list[float]:
     return [w / total for w in g]
 
 
-class PromptSRCHead(MaPLeHead):
+class PromptSRCHead(KeepsTeacherText, MaPLeHead):
     """IVLP's head, holding the frozen template-averaged class features and keeping the prompted
     class features of the last training forward for the self-regulating terms."""
 
     def __init__(self, method: Any, backbone: Backbone, embeds: torch.Tensor, eot: torch.Tensor,
                  teacher: torch.Tensor) -> None:
         super().__init__(method, backbone, embeds, eot)
-        self.register_buffer("teacher_text", teacher, persistent=False)
-        self.last_text: torch.Tensor | None = None
-
-    def class_features(self) -> torch.Tensor:
-        feats = super().class_features()
-        self.last_text = feats
-        return feats
+        self.keep_teacher(teacher)
 
 
 class GaussianPromptAggregation(Callback):

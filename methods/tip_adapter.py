@@ -38,6 +38,7 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.heads import TextClassifierHead
 from petlbench.errors import UserError
 
+from ._heads import OverTextHead
 from .base import Method, Stage, StageContext, frozen_backbone
 
 CACHE_BUFFERS = ("cache_keys", "cache_values", "alpha", "beta")
@@ -90,19 +91,11 @@ def _random_resized_crop(
     return out
 
 
-class TipAdapterHead(nn.Module):
+class TipAdapterHead(OverTextHead):
     """Image features (B, D) -> ``clip_scale * f W^T + alpha * exp(-beta (1 - f K^T)) V``; the cache
     (K, V, alpha, beta) belongs to the method. Before the cache is built the head is zero-shot CLIP."""
 
-    def __init__(self, method: TipAdapter, text_head: TextClassifierHead) -> None:
-        super().__init__()
-        self.__dict__["method"] = method
-        self.text_head = text_head
-        self.prompt_texts = text_head.prompt_texts
-
-    @property
-    def token_ids(self) -> torch.Tensor:
-        return self.text_head.token_ids
+    method: TipAdapter
 
     def clip_logits(self, f: torch.Tensor) -> torch.Tensor:
         return self.method.config.clip_scale * f @ self.text_head.class_features().t().to(f.dtype)

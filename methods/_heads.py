@@ -1,0 +1,50 @@
+"""Head pieces shared by the CLIP methods whose head wraps or extends another head.
+
+``OverTextHead``: a head on top of CLIP's text head (CLIP-Adapter's residual adapters, Tip-Adapter's
+cache), which the harness still sees as a text head (its prompts and token ids, for the cost count).
+``KeepsTeacherText``: a prompt head that also holds the frozen hand-crafted class features and keeps
+the class features of its last forward, so a regulariser (KgCoOp, PromptSRC) reuses that text pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from petlbench.backbones.heads import TextClassifierHead
+
+
+class OverTextHead(nn.Module):
+    """Holds the method without registering it (its parameters are the method's, counted and saved
+    there) and the text head it builds on."""
+
+    def __init__(self, method: nn.Module, text_head: TextClassifierHead) -> None:
+        super().__init__()
+        self.__dict__["method"] = method
+        self.text_head = text_head
+        self.prompt_texts = text_head.prompt_texts
+
+    @property
+    def token_ids(self) -> torch.Tensor:
+        """The class prompts' token ids (what the cost measurement counts)."""
+        return self.text_head.token_ids
+
+
+class KeepsTeacherText:
+    """Mixin before a prompt head class: ``keep_teacher(features)`` stores the frozen class features
+    (a non-persistent buffer: recomputed from the frozen model, never saved), and every
+    ``class_features()`` result is kept as ``last_text``."""
+
+    teacher_text: torch.Tensor
+    last_text: torch.Tensor | None
+
+    def keep_teacher(self, teacher: torch.Tensor) -> None:
+        self.register_buffer("teacher_text", teacher, persistent=False)  # type: ignore[attr-defined]
+        self.last_text = None
+
+    def class_features(self) -> torch.Tensor:
+        feats: Any = super().class_features()  # type: ignore[misc]
+        self.last_text = feats
+        return feats

@@ -136,7 +136,7 @@ def create_timm_model(arch: str, pretrained: bool) -> nn.Module:
         raise UserError(
             f"could not build timm {arch!r} (pretrained={pretrained}): {exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}. Weights come from the Hugging Face hub and "
-            "are cached on first use; run once with network access, or use --pretrained none"
+            "are cached on first use; run once with network access, or pass --random-init"
         ) from None
 
 

@@ -256,6 +256,9 @@ def perf_line(cell: dict[str, Any], device: torch.device, **options: Any) -> dic
         )
     except UserError as err:
         return line | {"x_plain": None, "per_mac": None, "hardware": hardware_label(device), "note": str(err)}
+    except RuntimeError as err:  # e.g. Tip-Adapter-F: its trainable cache is built from training data
+        note = f"not timed on random inputs: {str(err).splitlines()[0]}"
+        return line | {"x_plain": None, "per_mac": None, "hardware": hardware_label(device), "note": note}
     ratio = perf["speed_ratio"]
     return line | {
         "x_plain": ratio["x_plain"],

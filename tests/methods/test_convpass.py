@@ -12,13 +12,7 @@ from petlbench.errors import UserError
 from petlbench.methods.convpass import Convpass
 from petlbench.methods.registry import get_method
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_count_on_vit_b16_is_327552(vit_b16):

@@ -10,13 +10,7 @@ from petlbench.errors import UserError
 from petlbench.methods.fact import FacTTK, FacTTT
 from petlbench.methods.registry import get_method
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,7 @@ from petlbench.backbones.ofa import build_ofa_backbone
 from petlbench.backbones.ofa.generator import OFAGenerator
 from petlbench.methods.registry import get_method
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _model = ofa_model

@@ -21,13 +21,12 @@ from petlbench.methods.vpt import VPT
 D, LAYERS = 64, 2  # ofa-test: width 64, 2 encoder + 2 decoder layers
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch, tmp_path_factory):
+def _private_cache(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("PETLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _backbone():

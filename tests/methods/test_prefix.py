@@ -18,14 +18,7 @@ from petlbench.harness.trainer import TrainConfig, Trainer, predict
 from petlbench.methods.prefix import PrefixConfig, PrefixKV, PrefixTuning
 from petlbench.methods.registry import get_method
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two intra-op threads on a shared 2-core machine slow these tiny models down 10-50x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _attach(backbone, **cfg):

@@ -9,13 +9,7 @@ from petlbench.backbones import build_backbone
 from petlbench.methods.registry import get_method
 from petlbench.methods.ssf import SSF
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_count_on_vit_b16_is_205824(vit_b16):

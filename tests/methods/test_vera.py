@@ -9,13 +9,7 @@ import torch
 from petlbench.backbones import build_backbone
 from petlbench.methods.vera import VeRA
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(("targets", "count"), [("q,v", 12 * 2 * (256 + 768)), ("qkv", 12 * (256 + 2304))])

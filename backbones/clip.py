@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -36,8 +37,8 @@ def _open_clip_views(resblocks: nn.ModuleList, where: str) -> list[BlockView]:
                 ln_1=blk.ln_1,
                 ln_2=blk.ln_2,
                 mlp=blk.mlp,
-                qkv_weight=lambda a=attn: a.in_proj_weight,
-                qkv_bias=lambda a=attn: a.in_proj_bias,
+                qkv_weight=partial(getattr, attn, "in_proj_weight"),
+                qkv_bias=partial(getattr, attn, "in_proj_bias"),
                 out_proj=attn.out_proj,
                 ls_1=blk.ls_1,
                 ls_2=blk.ls_2,
@@ -56,7 +57,7 @@ class ClipImageTower(Tower):
     name = "image"
     accepts_before_norm = True
 
-    def __init__(self, visual: nn.Module) -> None:
+    def __init__(self, visual: Any) -> None:
         super().__init__()
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
             raise UserError("only CLS-pooled open_clip vision towers are supported")
@@ -117,7 +118,7 @@ class ClipTextTower(Tower):
 
     name = "text"
 
-    def __init__(self, src: nn.Module) -> None:
+    def __init__(self, src: Any) -> None:
         super().__init__()
         if getattr(src, "text_pool_type", getattr(src, "pool_type", "argmax")) != "argmax":
             raise UserError("only argmax (EOT) pooled CLIP text towers are supported")
@@ -161,7 +162,7 @@ class ClipBackbone(Backbone):
     kind = "clip"
 
     def __init__(
-        self, name: str, model: nn.Module, *, image_size: int, config: dict, tokenizer: Any = None
+        self, name: str, model: Any, *, image_size: int, config: dict, tokenizer: Any = None
     ) -> None:
         import open_clip
 

@@ -35,6 +35,8 @@ Slots on Swin:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +51,7 @@ from .slots import InputTokens, LayerSlots
 from .tower import BlockView, Inserted, Tower
 from .vit import IMAGENET_MEAN, IMAGENET_STD, create_timm_model, fold_affine, timm_image_facts
 
-TINY_SWIN = {
+TINY_SWIN: dict[str, Any] = {
     "img_size": 32,
     "patch_size": 4,
     "embed_dim": 32,
@@ -64,7 +66,7 @@ class SwinBlockView(BlockView):
     """One timm ``SwinTransformerBlock`` read in place; it runs on (B, H, W, C) maps, not on a
     flat sequence, so the tower calls :meth:`forward_map` instead of :meth:`BlockView.forward`."""
 
-    block: nn.Module | None = None
+    block: Any = None
     heads: int = 0
 
     def forward(self, x: torch.Tensor, slots: LayerSlots, heads: int, causal: bool) -> torch.Tensor:
@@ -89,10 +91,10 @@ class SwinBlockView(BlockView):
     ) -> torch.Tensor:
         """(Shifted-)window attention of the normalised stream ``h`` (B, n + H*W, C) -> same shape."""
         blk = self.block
-        attn = blk.attn  # type: ignore[union-attr]
+        attn = blk.attn
         batch, _, dim = h.shape
-        win_h, win_w = blk.window_size  # type: ignore[union-attr]
-        shift_h, shift_w = blk.shift_size  # type: ignore[union-attr]
+        win_h, win_w = blk.window_size
+        shift_h, shift_w = blk.shift_size
         fmap = h[:, n:].reshape(batch, height, width, dim)
         if shift_h or shift_w:
             fmap = torch.roll(fmap, shifts=(-shift_h, -shift_w), dims=(1, 2))
@@ -104,7 +106,7 @@ class SwinBlockView(BlockView):
 
         area = win_h * win_w
         bias = attn._get_rel_pos_bias()  # (1, heads, area, area), from the real table
-        mask = blk.get_attn_mask(fmap) if blk.dynamic_mask else blk.attn_mask  # type: ignore[union-attr]
+        mask = blk.get_attn_mask(fmap) if blk.dynamic_mask else blk.attn_mask
         if mask is not None:  # (nW, area, area): 0 / -100 for the shifted windows, per window
             bias = (bias + mask.unsqueeze(1).to(bias.dtype)).unsqueeze(0)
             bias = bias.expand(batch, -1, -1, -1, -1).reshape(batch * n_windows, self.heads, area, area)
@@ -143,7 +145,7 @@ def _window_reverse(windows: torch.Tensor, size: tuple[int, int], height: int, w
     return window_reverse(windows, size, height, width)
 
 
-def _swin_views(swin: nn.Module) -> list[SwinBlockView]:
+def _swin_views(swin: Any) -> list[SwinBlockView]:
     """Views of every block of every stage, in order; anything but timm's plain Swin is refused."""
     from timm.models.swin_transformer import (
         PatchMerging,
@@ -169,8 +171,8 @@ def _swin_views(swin: nn.Module) -> list[SwinBlockView]:
                     ln_1=blk.norm1,
                     ln_2=blk.norm2,
                     mlp=blk.mlp,
-                    qkv_weight=lambda a=attn: a.qkv.weight,
-                    qkv_bias=lambda a=attn: a.qkv.bias,
+                    qkv_weight=partial(getattr, attn.qkv, "weight"),
+                    qkv_bias=partial(getattr, attn.qkv, "bias"),
                     out_proj=attn.proj,
                     ls_1=nn.Identity(),
                     ls_2=nn.Identity(),
@@ -204,7 +206,7 @@ class SwinImageTower(Tower):
 
     name = "image"
 
-    def __init__(self, swin: nn.Module) -> None:
+    def __init__(self, swin: Any) -> None:
         super().__init__()
         from timm.models.swin_transformer import SwinTransformer
 
@@ -212,15 +214,15 @@ class SwinImageTower(Tower):
             raise UserError(f"expected a timm SwinTransformer, got {type(swin).__name__}")
         if getattr(swin, "global_pool", "avg") != "avg":
             raise UserError(f"timm Swin with global_pool={swin.global_pool!r} is not supported (only avg)")
-        self.swin = swin
+        self.swin: Any = swin  # timm SwinTransformer (its submodules typed as Module | Tensor)
         views = _swin_views(swin)
         self._init_slots(
-            views,  # type: ignore[arg-type]
-            widths=[int(v.block.dim) for v in views],  # type: ignore[union-attr]
+            list[BlockView](views),
+            widths=[int(v.block.dim) for v in views],
             heads=[v.heads for v in views],
         )
         self.width, self.heads = self.layer_width(0), self.layer_heads(0)
-        self.stage_depths = tuple(len(stage.blocks) for stage in swin.layers)
+        self.stage_depths = tuple(len(cast(Any, stage).blocks) for stage in self.swin.layers)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         s = self.swin
@@ -238,7 +240,7 @@ class SwinImageTower(Tower):
                 view, slots = self._views[layer], self.slots[layer]
                 if slots.input_tokens is not None:
                     prompts = _place_prompts(prompts, slots.input_tokens, inserted, batch)
-                x, prompts = view.forward_map(x, prompts, slots)  # type: ignore[attr-defined]
+                x, prompts = cast(SwinBlockView, view).forward_map(x, prompts, slots)
                 layer += 1
         x = self.after_final_norm(s.norm(x))
         if prompts.shape[1]:
@@ -246,10 +248,9 @@ class SwinImageTower(Tower):
             return tokens.mean(1)
         return s.forward_head(x, pre_logits=True)
 
-
     def layer_grid(self, layer: int) -> tuple[int, int] | None:
         """The block's feature map (its patch grid; prompts, if any, lead the stream)."""
-        rows, cols = self._views[layer].block.input_resolution  # type: ignore[union-attr]
+        rows, cols = cast(SwinBlockView, self._views[layer]).block.input_resolution
         return int(rows), int(cols)
 
     def fold_patch_affine(self, scale: torch.Tensor, shift: torch.Tensor, *, undo: bool = False) -> None:
@@ -264,7 +265,7 @@ class SwinImageTower(Tower):
 class TimmSwinBackbone(Backbone):
     kind = "swin"
 
-    def __init__(self, name: str, swin: nn.Module, config: dict) -> None:
+    def __init__(self, name: str, swin: Any, config: dict) -> None:
         facts = timm_image_facts(swin, IMAGENET_MEAN, IMAGENET_STD)
         super().__init__(name, {"image": SwinImageTower(swin)}, config=config, **facts)
         self.freeze()

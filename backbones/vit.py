@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -41,8 +42,8 @@ def _timm_views(blocks: nn.Sequential) -> list[BlockView]:
                 ln_1=blk.norm1,
                 ln_2=blk.norm2,
                 mlp=blk.mlp,
-                qkv_weight=lambda a=attn: a.qkv.weight,
-                qkv_bias=lambda a=attn: a.qkv.bias,
+                qkv_weight=partial(getattr, attn.qkv, "weight"),
+                qkv_bias=partial(getattr, attn.qkv, "bias"),
                 out_proj=attn.proj,
                 ls_1=blk.ls1,
                 ls_2=blk.ls2,
@@ -58,7 +59,7 @@ class TimmViTImageTower(Tower):
 
     name = "image"
 
-    def __init__(self, vit: nn.Module) -> None:
+    def __init__(self, vit: Any) -> None:
         super().__init__()
         if getattr(vit, "attn_pool", None) is not None:
             raise UserError("timm ViTs with attention pooling are not supported")
@@ -105,7 +106,7 @@ def fold_affine(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor, *, 
 
 
 def timm_image_facts(
-    model: nn.Module,
+    model: Any,
     default_mean: tuple[float, ...],
     default_std: tuple[float, ...],
     *,
@@ -146,7 +147,7 @@ class TimmViTBackbone(Backbone):
     def __init__(
         self,
         name: str,
-        vit: nn.Module,
+        vit: Any,
         config: dict,
         *,
         mean: tuple[float, ...] | None = None,

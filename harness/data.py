@@ -12,7 +12,8 @@ the split. The pixels are the same bytes either way.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
+from typing import Any, cast
 
 import torch
 from torch.utils.data import Dataset
@@ -35,16 +36,17 @@ def materialize(
     """Stack a dataset into uint8 tensors resized (once) to ``image_size``. With ``cache``, a split
     of image files is read from the cache (filled on first use); ``stream`` leaves it on disk (a
     :class:`CachedImageDataset`, for evaluation) instead of reading it into memory."""
-    source = source_of(dataset, image_size, interpolation) if cache is not None and len(dataset) else None
+    size = len(cast(Sized, dataset))
+    source = source_of(dataset, image_size, interpolation) if cache is not None and size else None
     if source is not None:
         assert cache is not None
-        images, entry = cache.ensure(source)
-        streamed = CachedImageDataset(images, dataset.labels, entry)  # type: ignore[attr-defined]
+        disk, entry = cache.ensure(source)
+        streamed = CachedImageDataset(disk, cast(Any, dataset).labels, entry)
         return streamed if stream else streamed.to_memory()
     if isinstance(dataset, TensorImageDataset):
         images, labels = dataset.images, dataset.labels
     else:
-        items = [dataset[i] for i in range(len(dataset))]
+        items = [dataset[i] for i in range(size)]
         images = torch.stack([torch.as_tensor(img) for img, _ in items])
         labels = torch.tensor([int(label) for _, label in items], dtype=torch.long)
     if images.shape[-2:] != (image_size, image_size):
@@ -67,19 +69,19 @@ def iter_uint8(data: TensorImageDataset, batch_size: int, pin: bool = False) -> 
     (cached) dataset is read from disk by a background thread ``PREFETCH`` batches ahead, into pinned
     buffers when ``pin`` (so the copy to a GPU is asynchronous); memory is those few batches."""
     n = len(data)
-    if not getattr(data, "streams", False):
+    if not isinstance(data, CachedImageDataset):
         for start in range(0, n, batch_size):
             yield data.images[start : start + batch_size]
         return
-    images = data.images
+    images = data.disk
     starts = list(range(0, n, batch_size))
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="petlbench-prefetch") as reader:
-        ahead = [reader.submit(images.read, s, s + batch_size, pin) for s in starts[:PREFETCH]]  # type: ignore[attr-defined]
+        ahead = [reader.submit(images.read, s, s + batch_size, pin) for s in starts[:PREFETCH]]
         for i in range(len(starts)):
             batch = ahead.pop(0).result()
             if i + PREFETCH < len(starts):
                 s = starts[i + PREFETCH]
-                ahead.append(reader.submit(images.read, s, s + batch_size, pin))  # type: ignore[attr-defined]
+                ahead.append(reader.submit(images.read, s, s + batch_size, pin))
             yield batch
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
-import multiprocessing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from petlbench.benchmarks.suites import Suite
 from petlbench.errors import UserError
 
+from .pools import spawn_pool
 from .runner import ComputedRun, Runner
 from .spec import RunSpec
 
@@ -118,6 +118,24 @@ def _compute_in_worker(
     return runner.compute(spec)
 
 
+def dispatch_order(specs: Sequence[RunSpec]) -> list[RunSpec]:
+    """The order a pool hands runs to its workers: the cheapest first, so a first result line comes
+    early, then the most expensive first (longest-processing-time order: the runs left at the end are
+    short, so the workers finish together instead of one training the longest run alone). The cost
+    estimate is the run's training epochs (what a plan knows without loading data); ties keep the
+    plan's order. Which worker computes a run never changes its numbers, only when it is shown."""
+    if len(specs) < 3:
+        return list(specs)
+
+    def epochs(spec: RunSpec) -> float:
+        value = spec.protocol.get("epochs")
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    first = min(range(len(specs)), key=lambda i: epochs(specs[i]))
+    rest = [s for i, s in enumerate(specs) if i != first]
+    return [specs[first], *sorted(rest, key=epochs, reverse=True)]
+
+
 def _cache_root(runner: Runner) -> str | None:
     """The driver's image-cache folder for its workers (None: the cache is off)."""
     return str(runner.image_cache.root) if runner.image_cache is not None else None
@@ -140,8 +158,7 @@ class PoolExecutor(Executor):
 
     def _workers(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
-            context = multiprocessing.get_context("spawn")
-            self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=self.jobs, mp_context=context)
+            self._pool = spawn_pool(self.jobs)
         return self._pool
 
     def close(self) -> None:
@@ -160,7 +177,7 @@ class PoolExecutor(Executor):
             if on_done is not None:
                 on_done(done)
 
-        queue = list(specs)
+        queue = dispatch_order(specs)
         device = str(runner.device)
         args = (
             str(runner.data_root) if runner.data_root else None,
@@ -186,9 +203,7 @@ class PoolExecutor(Executor):
                     pending[pool.submit(_compute_in_worker, runner.suite, spec, *args)] = spec
                 if not pending:
                     continue
-                finished, _ = concurrent.futures.wait(
-                    pending, return_when=concurrent.futures.FIRST_COMPLETED
-                )
+                finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in finished:
                     spec = pending.pop(future)
                     try:

@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -193,7 +193,7 @@ class DiskImages:
         return int(self.shape[0])
 
     def _read_into(self, out: np.ndarray, start: int) -> None:
-        view = memoryview(out).cast("B")
+        view = memoryview(cast(Any, out)).cast("B")
         pos, want, fd = self.offset + start * self.row_bytes, view.nbytes, self._file()
         got = 0
         while got < want:
@@ -261,23 +261,22 @@ class CachedImageDataset(TensorImageDataset):
         labels = torch.as_tensor(labels).to(torch.long)
         if labels.ndim != 1 or labels.shape[0] != len(images):
             raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+        self.disk = images
         self.images = images  # type: ignore[assignment]
         self.labels = labels
         self.entry = entry
-
-    streams = True  # read batch by batch (data.iter_pixels prefetches and pins)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
 
     def to_memory(self) -> TensorImageDataset:
-        return TensorImageDataset(self.images.read(0, len(self)), self.labels)
+        return TensorImageDataset(self.disk.read(0, len(self)), self.labels)
 
     def sha256(self, chunk: int = 1024) -> str:
         h = hashlib.sha256()
         h.update(str(tuple(self.images.shape)).encode())
         for start in range(0, len(self), chunk):
-            h.update(self.images.read(start, start + chunk).numpy().tobytes())
+            h.update(self.disk.read(start, start + chunk).numpy().tobytes())
         h.update(self.labels.contiguous().numpy().tobytes())
         return h.hexdigest()
 
@@ -351,10 +350,6 @@ def _decode_job(job: _Job) -> list[tuple[int, int, int, str]]:
     finally:
         os.close(fd)
     return facts
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)  # one thread per decode worker: N workers use N cores, not N x N
 
 
 def plain_progress(stream: Any = None, every_s: float = 30.0) -> FillProgress:
@@ -456,7 +451,8 @@ class ImageCache:
     @staticmethod
     def _changed_rows(source: CacheSource, index: dict[str, Any]) -> tuple[list[int], list[int]]:
         """(rows whose file changed content or is gone, rows whose file was only touched)."""
-        changed, touched = [], []
+        changed: list[int] = []
+        touched: list[int] = []
         pairs = zip(source.relpaths, index["files"], strict=True)
         for row, (rel, (_, size, mtime, digest)) in enumerate(pairs):
             path = source.root / rel
@@ -640,11 +636,10 @@ class ImageCache:
                 finished(_decode_job(job))
             return 1
         import concurrent.futures
-        import multiprocessing
 
-        context = multiprocessing.get_context("spawn")  # a forked torch process can deadlock
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
-        with pool:
+        from .pools import spawn_pool
+
+        with spawn_pool(workers) as pool:
             futures = [pool.submit(_decode_job, job) for job in jobs]
             try:
                 for future in concurrent.futures.as_completed(futures):

@@ -20,8 +20,6 @@ measures decoding, not a cold disk.
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import os
 import resource
 import shutil
@@ -33,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from petlbench.errors import UserError
+
+from .pools import spawn_pool
 
 IMAGE_SIZE = 224
 CLASSES = 10
@@ -78,8 +78,7 @@ def write_replica(folder: Path, images: int, workers: int) -> Path:
             (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)
     chunks = [(str(root), s, min(images, s + GENERATE_CHUNK)) for s in range(0, images, GENERATE_CHUNK)]
     if workers > 1 and len(chunks) > 1:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with spawn_pool(workers) as pool:
             list(pool.map(_generate, chunks))
     else:
         for chunk in chunks:
@@ -155,8 +154,7 @@ def _second_pass(folder: str) -> dict[str, Any]:
 
 
 def _in_fresh_process(fn: Any, *args: Any) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    with spawn_pool(1) as pool:
         return pool.submit(fn, *args).result()
 
 

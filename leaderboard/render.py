@@ -125,18 +125,20 @@ class Table:
         rows of the row's scope; equal values are all best; a column with one value has no best."""
         out: set[tuple[int, int]] = set()
         for col, kind in enumerate(self.better):
-            if BETTER.get(kind or "") is None:
+            direction = BETTER.get(kind or "")
+            if direction is None:
                 continue
-            sign = 1.0 if BETTER[kind] == HIGHER else -1.0
-            by_scope: dict[Any, list[int]] = defaultdict(list)
+            sign = 1.0 if direction == HIGHER else -1.0
+            by_scope: dict[Any, dict[int, float]] = defaultdict(dict)
             for i, ok in enumerate(self.eligible):
-                if ok and self.values[i][col] is not None:
-                    by_scope[self.scopes[i]].append(i)
+                value = self.values[i][col]
+                if ok and value is not None:
+                    by_scope[self.scopes[i]][i] = sign * value
             for members in by_scope.values():
                 if len(members) < 2:
                     continue
-                top = max(sign * self.values[i][col] for i in members)
-                out |= {(i, col) for i in members if sign * self.values[i][col] == top}
+                top = max(members.values())
+                out |= {(i, col) for i, v in members.items() if v == top}
         return out
 
 
@@ -765,7 +767,7 @@ def render_plot(doc: dict[str, Any], x: str = "params", y: str = "accuracy") -> 
 
     cx, cy = PLOT_COLUMNS[x], PLOT_COLUMNS[y]
     suites = _suites(doc)
-    rc = {
+    rc: Any = {  # matplotlib types its keys as a Literal of every rc name
         "svg.hashsalt": "petlbench",
         "svg.fonttype": "none",
         "font.family": "DejaVu Sans",

@@ -1,0 +1,66 @@
+"""Worker pools: a worker outlives no killed driver, and computes with one thread."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+DRIVER = textwrap.dedent(
+    """
+    import os, sys
+    from petlbench.harness.pools import spawn_pool
+
+    def pid_and_threads():
+        import torch
+        return os.getpid(), torch.get_num_threads()
+
+    if __name__ == "__main__":
+        pool = spawn_pool(2)
+        seen = {pool.submit(pid_and_threads).result() for _ in range(8)}
+        print(" ".join(f"{pid}:{threads}" for pid, threads in sorted(seen)), flush=True)
+        os.kill(os.getpid(), 9)  # killed outright: the pool is never shut down
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting to be reaped has finished
+        return f.read().split(") ")[-1][0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_exit_when_the_driver_is_killed_and_use_one_thread(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = {**os.environ, "OMP_NUM_THREADS": "4"}  # the workers must not inherit four threads
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    workers = [tuple(int(v) for v in item.split(":")) for item in proc.stdout.split()]
+    assert workers and all(threads == 1 for _, threads in workers)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(pid) for pid, _ in workers):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid, _ in workers), "a worker outlived its killed driver"
+
+
+def test_dispatch_order_puts_one_cheap_run_first_then_the_longest_first():
+    from petlbench.harness.executors import dispatch_order
+    from petlbench.harness.spec import RunSpec
+
+    def spec(task: str, epochs: int) -> RunSpec:
+        return RunSpec("m", {}, "b", "s", "1", task, {"epochs": epochs}, seed=1)
+
+    plan = [spec("a", 30), spec("b", 10), spec("c", 30), spec("d", 5), spec("e", 20), spec("f", 5)]
+    order = [s.task for s in dispatch_order(plan)]
+    assert order == ["d", "a", "c", "e", "b", "f"]  # d: the first of the cheapest; ties in plan order
+    assert sorted(order) == sorted(s.task for s in plan)
+    assert [s.task for s in dispatch_order(plan[:2])] == ["a", "b"]  # nothing to gain below three

@@ -6,10 +6,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint
 from typing import Any
 
 from petlbench.errors import UserError
+from petlbench.registry import BUILTIN, Registry, load_entry_point
 
 from .base import Backbone
 
@@ -33,7 +34,7 @@ class BackboneEntry:
     kind: str
     description: str
     build: Callable[[bool], Backbone]  # pretrained -> backbone
-    source: str = "petlbench"
+    source: str = BUILTIN
     _: KW_ONLY
     pretrained: str | None = None
     mean: Triple | None = None
@@ -68,54 +69,46 @@ ENCODER_DECODER = ("encoder", "decoder")
 GROUP = "petlbench.backbones"
 
 
-def _plugin_entry(ep: Any, dist: str) -> BackboneEntry:
+def entry_of(ep: EntryPoint, source: str) -> BackboneEntry:
     """An entry point's :class:`BackboneEntry` (declared facts), or, for a plain build function
     ``build(pretrained) -> Backbone``, an entry whose facts are known only once built (kind
     "plugin"). A plugin that fails to import is listed as broken and refuses to build in one line."""
     try:
-        obj = ep.load()
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the CLI down
-        reason = (
-            f"backbone {ep.name!r} from {dist} failed to import ({ep.value}): {exc.__class__.__name__}: {exc}"
-        )
+        obj = load_entry_point(ep, "backbone", source)
+    except UserError as err:
+        reason = str(err)
 
         def broken(pretrained: bool) -> Backbone:
             raise UserError(reason)
 
-        return BackboneEntry(ep.name, "broken", reason, broken, source=dist)
+        return BackboneEntry(ep.name, "broken", reason, broken, source=source)
     if isinstance(obj, BackboneEntry):
-        return dataclasses.replace(obj, name=ep.name, source=dist)
+        return dataclasses.replace(obj, name=ep.name, source=source)
     if callable(obj):
-        return BackboneEntry(ep.name, "plugin", f"from {dist}", obj, source=dist)
+        return BackboneEntry(ep.name, "plugin", f"from {source}", obj, source=source)
     raise UserError(f"backbone entry point {ep.name!r} ({ep.value}) is neither a BackboneEntry nor a builder")
 
 
+BACKBONES: Registry[BackboneEntry] = Registry("backbone", entry_point_group=GROUP, from_entry_point=entry_of)
+
+
 def backbone_entries() -> dict[str, BackboneEntry]:
-    """Every backbone of the ``petlbench.backbones`` entry-point group: a built-in wins over a
-    plugin of the same name, the first plugin (by distribution) over later ones."""
-    entries: dict[str, BackboneEntry] = {}
-    for ep in entry_points(group=GROUP):
-        dist = ep.dist.name if ep.dist is not None else "unknown"
-        builtin = dist.replace("_", "-") == "petlbench"
-        if ep.name in entries and (not builtin or entries[ep.name].source == "petlbench"):
-            continue
-        entries[ep.name] = _plugin_entry(ep, "petlbench" if builtin else dist)
-    if not any(e.source == "petlbench" for e in entries.values()):
+    """Every backbone of the ``petlbench.backbones`` entry-point group, built-ins first."""
+    entries = BACKBONES.items()
+    if not any(e.source == BUILTIN for _, e in entries):
         raise UserError(
             "no built-in backbones are registered (the package's entry points are missing): "
             "reinstall it with pip install -e ."
         )
-    return dict(sorted(entries.items(), key=lambda item: (item[1].source != "petlbench", item[0])))
+    return dict(sorted(entries, key=lambda item: (item[1].source != BUILTIN, item[0])))
+
 
 def list_backbones() -> list[BackboneEntry]:
     return list(backbone_entries().values())
 
 
 def backbone_entry(name: str) -> BackboneEntry:
-    entries = backbone_entries()
-    if name not in entries:
-        raise UserError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(entries))}")
-    return entries[name]
+    return BACKBONES.get(name)
 
 
 def build_backbone(name: str, pretrained: bool = True) -> Backbone:

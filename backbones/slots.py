@@ -137,7 +137,12 @@ class ParallelBranch:
 @dataclass
 class LayerSlots:
     """What methods may attach to one transformer layer. Empty slots cost nothing: a layer whose
-    slots are all empty runs exactly the ops of the plain block."""
+    slots are all empty runs exactly the ops of the plain block.
+
+    Each slot (each ``after_op`` entry) holds one method's contribution: a method attaching into a
+    slot another method filled is refused (``methods/base.py``), so two methods compose only
+    through different slots (VPT's input tokens and LoRA's qkv delta), never by stacking two sets
+    of kv tokens or two qkv deltas in one layer."""
 
     input_tokens: InputTokens | None = None
     kv_residual: MaskedTokens | None = None
@@ -153,24 +158,6 @@ class LayerSlots:
     after_mlp: nn.Module | None = None  # applied to the MLP branch before the residual add
     parallel_attn: ParallelBranch | None = None  # added to the attention branch (Convpass)
     parallel_mlp: ParallelBranch | None = None  # added to the MLP branch (AdaptFormer, Convpass)
-
-    def is_empty(self) -> bool:
-        return not self.after_op and all(
-            v is None
-            for v in (
-                self.input_tokens,
-                self.kv_residual,
-                self.kv_heads,
-                self.qkv_delta,
-                self.proj_delta,
-                self.fc1_delta,
-                self.fc2_delta,
-                self.after_attn,
-                self.after_mlp,
-                self.parallel_attn,
-                self.parallel_mlp,
-            )
-        )
 
     def modules(self) -> list[nn.Module]:
         """Every module this layer's slots hold (what may carry trainable parameters)."""

@@ -7,8 +7,10 @@ subclass :class:`Tower` and add the embedding and pooling of their model around 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -216,6 +218,39 @@ class Tower(nn.Module):
     def clear_slots(self) -> None:
         self.slots = [LayerSlots() for _ in self._views]
         self.tower_slots = TowerSlots()
+
+    def filled_slots(self) -> dict[tuple[int | None, str], object]:
+        """Every filled slot by (layer, slot name): layer None for the tower-level slots (and the
+        text tower's ``token_embeddings``), an ``after_op`` entry named ``after_op.<op>``. A method's
+        ``attach`` is recorded by comparing these before and after it (``methods/base.py``)."""
+        out: dict[tuple[int | None, str], object] = {}
+        for layer, s in enumerate(self.slots):
+            for f in dataclasses.fields(s):
+                value = getattr(s, f.name)
+                if f.name == "after_op":
+                    out.update(((layer, f"after_op.{op}"), module) for op, module in value.items())
+                elif value is not None:
+                    out[(layer, f.name)] = value
+        for f in dataclasses.fields(self.tower_slots):
+            if (value := getattr(self.tower_slots, f.name)) is not None:
+                out[(None, f.name)] = value
+        if getattr(self, "token_embeddings", None) is not None:
+            out[(None, "token_embeddings")] = self.token_embeddings
+        return out
+
+    def set_slot(self, layer: int | None, slot: str, value: object) -> None:
+        """Fill one slot named as :meth:`filled_slots` names it with ``value``, or empty it (None)."""
+        if layer is None:
+            setattr(self if slot == "token_embeddings" else self.tower_slots, slot, value)
+        elif slot.startswith("after_op."):
+            ops = self.slots[layer].after_op
+            op = slot.removeprefix("after_op.")
+            if value is None:
+                ops.pop(op, None)
+            else:
+                ops[op] = cast(nn.Module, value)
+        else:
+            setattr(self.slots[layer], slot, value)
 
     def layer_grid(self, layer: int) -> tuple[int, int] | None:  # noqa: ARG002 - per-layer on Swin
         """The (rows, cols) patch grid whose tokens are the last ``rows * cols`` of layer ``layer``'s

@@ -6,29 +6,25 @@ here), and, with a manifest, has the sha256 it had when the manifest was written
 leakage (``leakage.find_leakage``): an image listed twice in a split, or in two splits that must not
 share images (test with any other; train with val), by path or by content hash. It also reports
 what the decoded-image cache (harness/image_cache.py) holds of each evaluation split, which
-``bench data cache`` fills ahead of a sweep (``cache_targets``). The manifest
-(``<data root>/petlbench-manifest.json``) maps paths relative to the data root to hashes and sizes;
-a first check writes it, later checks compare against it and add files it does not know.
+``bench data cache`` fills ahead of a sweep (``cache_targets``). The manifest (manifest.py) maps
+paths relative to the data root to hashes and sizes; a first check writes it, later checks compare
+against it and add files it does not know.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from petlbench.benchmarks.datasets import loader_entry
-from petlbench.benchmarks.datasets._files import TaskListing, check_labels, get_lister
+from petlbench.benchmarks.datasets import FORMATS, list_task
+from petlbench.benchmarks.datasets._files import check_labels
 from petlbench.benchmarks.suites import Suite, TaskSpec
 from petlbench.errors import UserError
 
 from .image_cache import CacheSource, ImageCache
 from .leakage import Duplicate, Leakage, Overlap, file_sha256, find_leakage
-
-MANIFEST_NAME = "petlbench-manifest.json"
-MANIFEST_FORMAT = "petlbench.manifest/1"
 
 
 @dataclass
@@ -79,42 +75,6 @@ def _decodes(path: Path) -> str | None:
     except Exception as err:  # noqa: BLE001 - any failure to decode is what we report
         return f"does not decode ({err.__class__.__name__}: {err})"
     return None
-
-
-def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise UserError(f"manifest {path} cannot be read ({err}); delete it to write a fresh one") from None
-    if (
-        not isinstance(data, dict)
-        or data.get("format") != MANIFEST_FORMAT
-        or not isinstance(data.get("files"), dict)
-    ):
-        raise UserError(
-            f"manifest {path} is not a petlbench manifest ({MANIFEST_FORMAT}); delete it or pass --manifest"
-        )
-    return data["files"]
-
-
-def write_manifest(path: Path, files: dict[str, dict[str, Any]]) -> None:
-    payload = {"format": MANIFEST_FORMAT, "files": dict(sorted(files.items()))}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def list_task(task: TaskSpec, data_root: Path) -> TaskListing | None:
-    """The task's listing, or None for a loader whose data is not on disk."""
-    lister = get_lister(task.loader)
-    if lister is None:
-        return None
-    entry = loader_entry(task.loader)
-    if entry.check_args is not None:
-        entry.check_args(task.args)
-    return lister(task, data_root)
 
 
 def check_task(
@@ -220,9 +180,10 @@ def cache_targets(
     for task in tasks:
         split = suite.protocol_for(task).eval_split
         skip = None
-        if loader_entry(task.loader).generative:
+        fmt = FORMATS.get(task.loader)
+        if fmt.generative:
             skip = "sequence-to-sequence data: not cached"
-        elif get_lister(task.loader) is None:
+        elif fmt.lister is None:
             skip = "generated data: not cached"
         if skip is not None:
             out += [CacheTarget(task.name, b, split, reason=skip) for b in names]
@@ -275,42 +236,6 @@ def count_files(suite: Suite, data_root: Path, tasks: Iterable[TaskSpec]) -> int
     return total
 
 
-# ----- prepare --------------------------------------------------------------------------------------
-
-COOP_DOCS = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
-SOURCES: dict[str, str] = {
-    "ImageNet": "ILSVRC-2012 train + val from https://image-net.org (login); classnames.txt from "
-    + COOP_DOCS,
-    "Caltech101": "101_ObjectCategories from https://data.caltech.edu/records/mzrjq-6wc02; split json: "
-    + COOP_DOCS,
-    "OxfordPets": "images.tar.gz + annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/; "
-    "split json: " + COOP_DOCS,
-    "StanfordCars": "cars_train, cars_test, devkit (the original Stanford site is gone; mirrors are "
-    "listed in the CoOp issues); split json: " + COOP_DOCS,
-    "OxfordFlowers": "102flowers.tgz, imagelabels.mat from "
-    "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/; cat_to_name.json + split json: " + COOP_DOCS,
-    "Food101": "food-101.tar.gz from https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/; "
-    "split json: " + COOP_DOCS,
-    "FGVCAircraft": "fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ "
-    "(use its data/ folder as fgvc_aircraft/)",
-    "SUN397": "SUN397.tar.gz from https://vision.princeton.edu/projects/2010/SUN/; split json: " + COOP_DOCS,
-    "DescribableTextures": "dtd-r1.0.1.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/dtd/; split json: "
-    + COOP_DOCS,
-    "EuroSAT": "EuroSAT.zip (RGB, folder 2750/) from https://github.com/phelber/EuroSAT; split json: "
-    + COOP_DOCS,
-    "UCF101": "UCF-101-midframes.zip (middle frames) + split json from " + COOP_DOCS,
-}
-LOADER_SOURCES = {
-    "vtab1k": "export the task with NOAH's data/vtab-source/get_vtab1k.py "
-    "(TFDS versions: KMnP/vpt VTAB_SETUP.md)",
-    "fgvc": "the images from each dataset's site and VPT's {train,val,test}.json "
-    "(links in KMnP/vpt's README)",
-    "imagefolder": "a <split>/<class>/<image> folder tree",
-    "hf": "a HuggingFace dataset: set HF_HUB_OFFLINE=0 with a network, or save it locally and give 'path'",
-}
-
-
 def how_to_get(task: TaskSpec) -> str:
-    if task.loader == "coop":
-        return SOURCES.get(str(task.args.get("dataset")), COOP_DOCS)
-    return LOADER_SOURCES.get(task.loader, "see the loader's documentation")
+    """Where ``bench data prepare`` tells the user to get a task's data from, as its format says."""
+    return FORMATS.get(task.loader).source_of(task)

@@ -1,8 +1,9 @@
 """``bench data prepare --download``: fetch what public servers hold, into the peers' folder layouts.
 
-Only archives with a stable public address are fetched: the image archives of the CoOp datasets'
-original sites (FGVC-Aircraft complete, since its splits ship inside the archive) and Hub datasets of
-``hf`` tasks (into the ``datasets`` cache). What sits behind a login or a Drive link (ImageNet,
+Only what a task's dataset format names is fetched (``DatasetFormat.download``): archives with a
+stable public address, such as the image archives of the CoOp datasets' original sites
+(FGVC-Aircraft complete, since its splits ship inside the archive), and Hub datasets of ``hf`` tasks
+(into the ``datasets`` cache). What sits behind a login or a Drive link (ImageNet,
 CoOp's ``split_zhou_*.json`` files, VTAB exports, VPT's FGVC json) is never guessed at: ``prepare``
 names it to be fetched by hand.
 
@@ -28,63 +29,15 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from petlbench.benchmarks.datasets import FORMATS, Archive
 from petlbench.benchmarks.suites import TaskSpec
 from petlbench.errors import UserError
 
 DOWNLOAD_DIR = ".downloads"
 TIMEOUT_S = 60
-
-
-@dataclass(frozen=True)
-class Archive:
-    """One public archive and where its content goes."""
-
-    url: str
-    dest: str  # folder under the data root
-    strip: str = ""  # leading folder inside the archive whose content goes to ``dest`` ("" = none)
-    sha256: str | None = None  # pinned when known; otherwise recorded at download
-
-    @property
-    def filename(self) -> str:
-        return PurePosixPath(self.url.split("?")[0]).name
-
-
-VGG = "https://www.robots.ox.ac.uk/~vgg/data"
-# CoOp dataset name -> archives of its images from the original site (split json by hand).
-COOP_ARCHIVES: dict[str, tuple[Archive, ...]] = {
-    "FGVCAircraft": (
-        Archive(
-            f"{VGG}/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
-            "fgvc_aircraft",
-            "fgvc-aircraft-2013b/data",
-        ),
-    ),
-    "DescribableTextures": (Archive(f"{VGG}/dtd/download/dtd-r1.0.1.tar.gz", "dtd", "dtd"),),
-    "OxfordPets": (
-        Archive(f"{VGG}/pets/data/images.tar.gz", "oxford_pets"),
-        Archive(f"{VGG}/pets/data/annotations.tar.gz", "oxford_pets"),
-    ),
-    "OxfordFlowers": (
-        Archive(f"{VGG}/flowers/102/102flowers.tgz", "oxford_flowers"),
-        Archive(f"{VGG}/flowers/102/imagelabels.mat", "oxford_flowers"),
-    ),
-    "Food101": (Archive("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz", "food-101", "food-101"),),
-    "EuroSAT": (Archive("https://madm.dfki.de/files/sentinel/EuroSAT.zip", "eurosat"),),
-    "SUN397": (Archive("http://vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz", "sun397"),),
-}
-# CoOp datasets whose split file is inside the downloaded content (nothing left to fetch by hand).
-COMPLETE_AFTER_DOWNLOAD = frozenset({"FGVCAircraft"})
-
-
-def archives_for(task: TaskSpec) -> tuple[Archive, ...]:
-    """The public archives of a task's data (empty when none can be downloaded)."""
-    if task.loader == "coop":
-        return COOP_ARCHIVES.get(str(task.args.get("dataset")), ())
-    return ()
 
 
 def sha256_of(path: Path) -> str:
@@ -301,26 +254,22 @@ def unpack(archive_file: Path, archive: Archive, data_root: Path) -> Path:
 
 
 def can_download(task: TaskSpec) -> bool:
-    return bool(archives_for(task)) or (task.loader == "hf" and bool(task.args.get("id")))
+    return FORMATS.get(task.loader).download_of(task) is not None
 
 
 def download_task(
     task: TaskSpec, data_root: Path, progress: Callable[[str, int, int | None], None] | None = None
 ) -> list[str]:
-    """Fetch and unpack every public archive of ``task`` (or cache its Hub dataset); returns what was
-    done, one line each."""
-    if task.loader == "hf" and task.args.get("id"):
-        hub_id = str(task.args["id"])
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
-            raise UserError(f"{hub_id}: HF_HUB_OFFLINE is set; unset it on a machine with a network")
-        try:
-            import datasets
-        except ImportError:
-            raise UserError("a Hub dataset needs the datasets package: pip install datasets") from None
-        datasets.load_dataset(hub_id)
-        return [f"{hub_id} -> the datasets cache"]
+    """Fetch what the task's format says can be fetched: unpack every public archive under the data
+    root, or run the format's own fetch (a Hub dataset into its cache); returns what was done, one
+    line each."""
+    download = FORMATS.get(task.loader).download_of(task)
+    if download is None:
+        return []
+    if download.fetch is not None:
+        return download.fetch()
     done = []
-    for archive in archives_for(task):
+    for archive in download.archives:
         report = (lambda n, total, a=archive: progress(a.filename, n, total)) if progress else None
         path = fetch(archive, data_root / DOWNLOAD_DIR, report)
         unpack(path, archive, data_root)

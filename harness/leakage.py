@@ -34,9 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from petlbench.benchmarks.datasets import list_task
 from petlbench.benchmarks.datasets._files import TaskListing
 from petlbench.benchmarks.suites import TaskSpec
 from petlbench.errors import UserError
+
+from .manifest import MANIFEST_NAME, read_manifest
 
 # Pairs of splits that share images by design (VTAB's train800val200 = train800 + val200).
 EXPECTED_OVERLAP = frozenset({frozenset({"trainval", "train"}), frozenset({"trainval", "val"})})
@@ -311,8 +314,6 @@ def find_leakage(
 
 
 def _manifest(data_root: Path) -> dict[str, dict[str, Any]] | None:
-    from .data_check import MANIFEST_NAME, read_manifest
-
     path = Path(data_root) / MANIFEST_NAME
     try:
         st = path.stat()
@@ -335,8 +336,6 @@ def refuse_leakage(task: TaskSpec, data_root: Path | None, used: Sequence[str], 
     them): see the module docstring."""
     if data_root is None:
         return
-    from .data_check import list_task
-
     listing = list_task(task, Path(data_root))
     if listing is None or eval_split not in listing.splits:
         return

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from petlbench.backbones.registry import BackboneEntry, backbone_entries
-from petlbench.benchmarks.datasets import loader_entry
+from petlbench.benchmarks.datasets import FORMATS
 from petlbench.benchmarks.suites import Suite, TaskSpec
 from petlbench.errors import UserError
 from petlbench.methods.registry import get_method
@@ -173,7 +173,7 @@ def run_deviations(
 def _generative_mismatch(backbone: str, backbone_generates: bool, task: TaskSpec) -> str | None:
     """Why ``backbone`` cannot run ``task`` (generative tasks need a generative encoder-decoder, the
     entry's declared ``generative``), or None."""
-    generative = loader_entry(task.loader).generative
+    generative = FORMATS.get(task.loader).generative
     if generative and not backbone_generates:
         return f"task {task.name!r} is generative (image + text -> text) and needs an ofa-* backbone"
     if backbone_generates and not generative:

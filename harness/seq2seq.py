@@ -36,7 +36,8 @@ from petlbench.backbones.ofa.decoding import DecodeConfig, Trie
 from petlbench.backbones.ofa.generator import OFAGenerator
 from petlbench.benchmarks.datasets.ofa_loaders import Seq2SeqTaskData
 from petlbench.benchmarks.datasets.ofa_tsv import OFASample
-from petlbench.benchmarks.metrics.ofa import CaptionReport, caption_scores, get_ofa_metric
+from petlbench.benchmarks.metrics import get_metric
+from petlbench.benchmarks.metrics.ofa import CaptionReport, caption_scores
 from petlbench.benchmarks.ofa_tasks.formatting import (
     OFAExample,
     decode_box,
@@ -154,7 +155,7 @@ class GenerativeTask:
         self.task = data.task
         self.tokenizer = tokenizer
         self.metric_name = metric
-        self.metric = get_ofa_metric(metric)
+        self.metric = get_metric(metric, generative=True)
         o = data.decode_options
         self.inference = o["inference"]
         self.decode = DecodeConfig(

@@ -37,7 +37,7 @@ import math
 import shlex
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from petlbench.errors import UserError
+from petlbench.harness.spec_argv import run_argv
 
 HERE = Path(__file__).resolve().parent
 SCHEMA_PATH = HERE / "schema.json"
@@ -241,6 +242,22 @@ def _one(values: Iterable[Any]) -> Any:
 
 
 @dataclass(frozen=True)
+class InstalledSuite:
+    """What the build needs of an installed suite. The CLI loads the suites (cli/leaderboard.py) and
+    hands them over as a :data:`SuiteLookup`, so the leaderboard imports no benchmarks module."""
+
+    version: str
+    tasks: tuple[str, ...]
+    groups: dict[str, str | None]
+    # (task, method) -> the suite's protocol for them as a dict; UserError for an unknown pair
+    base_protocol: Callable[[str, str], dict[str, Any]]
+
+
+# A suite's name -> the installed suite; UserError or OSError when none of that name is installed.
+SuiteLookup = Callable[[str], InstalledSuite]
+
+
+@dataclass(frozen=True)
 class SuiteInfo:
     name: str
     version: str
@@ -248,20 +265,13 @@ class SuiteInfo:
     groups: dict[str, str | None]
     found: bool
     note: str | None = None
-    suite: Any = None
+    suite: InstalledSuite | None = None
 
 
-@cache
-def _load_suite(name: str) -> Any:
-    from petlbench.benchmarks.suites import load_suite
-
-    return load_suite(name)
-
-
-def suite_info(name: str, version: str, tasks_seen: Sequence[str]) -> SuiteInfo:
+def suite_info(name: str, version: str, tasks_seen: Sequence[str], suites: SuiteLookup) -> SuiteInfo:
     """The suite's task list and groups, when the installed suite of that name has the same version."""
     try:
-        suite = _load_suite(name)
+        suite = suites(name)
     except (UserError, OSError) as err:
         note = f"suite {name!r} is not installed ({err}); tasks are ungrouped"
         return SuiteInfo(name, version, tuple(sorted(tasks_seen)), dict.fromkeys(tasks_seen), False, note)
@@ -271,72 +281,21 @@ def suite_info(name: str, version: str, tasks_seen: Sequence[str]) -> SuiteInfo:
             f"{suite.version}; tasks are ungrouped"
         )
         return SuiteInfo(name, version, tuple(sorted(tasks_seen)), dict.fromkeys(tasks_seen), False, note)
-    return SuiteInfo(
-        name, version, tuple(suite.task_names), {t.name: t.group for t in suite.tasks}, True, None, suite
-    )
+    return SuiteInfo(name, version, suite.tasks, suite.groups, True, None, suite)
 
 
 # ----- reproduce command --------------------------------------------------------------------------
 
 
-def _cli_value(value: Any) -> str:
-    """A value as `bench run --set` reads it back (JSON when it parses, else the raw string)."""
-    if isinstance(value, str):
-        try:
-            json.loads(value)
-        except json.JSONDecodeError:
-            return value
-        return json.dumps(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _eps_text(eps: float) -> str:
-    k = eps * 255
-    if abs(k - round(k)) < 1e-9 and round(k) != 0:
-        return f"{round(k)}/255"
-    return repr(eps)
-
-
 def reproduce_command(spec: dict[str, Any], seeds: Sequence[int], info: SuiteInfo) -> str:
     """The ``bench run`` command that recreates these specs (same run ids) for these seeds."""
-    parts = [
-        "bench",
-        "run",
-        "--method",
-        spec["method"],
-        "--suite",
-        spec["suite"],
-        "--backbone",
-        spec["backbone"],
-        "--tasks",
-        spec["task"],
-        "--seeds",
-        ",".join(str(s) for s in sorted(seeds)),
-    ]
-    for key, value in sorted((spec.get("method_config") or {}).items()):
-        parts += ["--set", f"{key}={_cli_value(value)}"]
-    protocol = dict(spec.get("protocol") or {})
-    pretrained = protocol.pop("backbone_pretrained", True)
     base: dict[str, Any] = {}
-    if info.found:
+    if info.suite is not None:
         try:
-            base = info.suite.protocol_for(info.suite.task(spec["task"]), spec["method"]).to_dict()
+            base = info.suite.base_protocol(spec["task"], spec["method"])
         except UserError:
             base = {}
-    for key, value in sorted(protocol.items()):
-        if key not in base or base[key] != value:
-            parts += ["--protocol", f"{key}={_cli_value(value)}"]
-    if not pretrained:
-        parts.append("--random-init")
-    fgsm = _get(spec, "measure", "fgsm")
-    if not fgsm:
-        parts.append("--no-fgsm")
-    else:
-        eps = fgsm.get("epsilons") or []
-        parts += ["--fgsm-eps", ",".join(_eps_text(float(e)) for e in eps)]
-        if fgsm.get("max_examples") is not None:
-            parts += ["--fgsm-examples", str(fgsm["max_examples"])]
-    return shlex.join(parts)
+    return shlex.join(["bench", *run_argv(spec, seeds, base)])
 
 
 # ----- cells --------------------------------------------------------------------------------------
@@ -905,9 +864,12 @@ def build_leaderboard(
     records: Iterable[dict[str, Any]],
     reported: Sequence[dict[str, Any]] | None = None,
     perf: Sequence[dict[str, Any]] = (),
+    *,
+    suites: SuiteLookup,
 ) -> dict[str, Any]:
     """The leaderboard document for ``records`` (``RunRecord.to_dict()`` dicts); ``perf`` lines (a
-    dedicated perf pass, :func:`load_perf`) fill the speed ratio of the cells they measured."""
+    dedicated perf pass, :func:`load_perf`) fill the speed ratio of the cells they measured; ``suites``
+    gives the installed suites' task lists, groups and protocols."""
     records = list(records)
     used = [
         r
@@ -924,7 +886,10 @@ def build_leaderboard(
     tasks_by_suite: dict[tuple[str, str], set[str]] = defaultdict(set)
     for cell in cells.values():
         tasks_by_suite[(cell.spec["suite"], str(cell.spec["suite_version"]))].add(cell.spec["task"])
-    infos = {key: suite_info(key[0], key[1], sorted(tasks)) for key, tasks in sorted(tasks_by_suite.items())}
+    infos = {
+        key: suite_info(key[0], key[1], sorted(tasks), suites)
+        for key, tasks in sorted(tasks_by_suite.items())
+    }
     rows = [_row(c, infos[(c.spec["suite"], str(c.spec["suite_version"]))]) for c in cells.values()]
     perf_info = _apply_perf(rows, perf)
     entries = _entries(rows, infos)
@@ -1019,7 +984,11 @@ def render_all(doc: dict[str, Any]) -> dict[str, bytes]:
 
 
 def build(
-    records_dir: str | Path, out_dir: str | Path, reported_path: str | Path | None = None
+    records_dir: str | Path,
+    out_dir: str | Path,
+    reported_path: str | Path | None = None,
+    *,
+    suites: SuiteLookup,
 ) -> dict[str, Any]:
     """Build and validate the leaderboard from ``records_dir`` and write every output into ``out_dir``.
     The records are checked first (``records.load_records``): a bad line, a missing folder or one with no
@@ -1027,7 +996,7 @@ def build(
     from .records import load_records
 
     perf = load_perf(Path(records_dir).parent / "perf")
-    doc = build_leaderboard(load_records(records_dir), load_reported(reported_path), perf)
+    doc = build_leaderboard(load_records(records_dir), load_reported(reported_path), perf, suites=suites)
     validate(doc)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -1070,7 +1039,11 @@ def plot(leaderboard: str | Path, out: str | Path, x: str = "params", y: str = "
 
 
 def check(
-    records_dir: str | Path, committed_dir: str | Path, reported_path: str | Path | None = None
+    records_dir: str | Path,
+    committed_dir: str | Path,
+    reported_path: str | Path | None = None,
+    *,
+    suites: SuiteLookup,
 ) -> list[str]:
     """Rebuild from the records and compare with the committed files. Returns the names that differ or
     are missing (empty: up to date). Schema errors (of the rebuilt or the committed JSON) raise."""
@@ -1078,7 +1051,7 @@ def check(
 
     committed = Path(committed_dir)
     with tempfile.TemporaryDirectory(prefix="petlbench-leaderboard-") as tmp:
-        build(records_dir, tmp, reported_path)
+        build(records_dir, tmp, reported_path, suites=suites)
         differ = []
         for name in OUTPUTS:
             fresh = (Path(tmp) / name).read_bytes()

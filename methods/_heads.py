@@ -2,6 +2,7 @@
 
 ``OverTextHead``: a head on top of CLIP's text head (CLIP-Adapter's residual adapters, Tip-Adapter's
 cache), which the harness still sees as a text head (its prompts and token ids, for the cost count).
+``cosine_logits``: CLIP's logits from image and class text features, as every such head ends.
 ``KeepsTeacherText``: a prompt head that also holds the frozen hand-crafted class features and keeps
 the class features of its last forward, so a regulariser (KgCoOp, PromptSRC) reuses that text pass.
 """
@@ -11,9 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from petlbench.backbones.heads import TextClassifierHead
+
+
+def cosine_logits(backbone: nn.Module, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """``logit_scale.exp() * cos(image, text)``: (B, D) image features against (C, D) normalised
+    class text features -> (B, C) logits."""
+    scale = backbone.logit_scale.exp()  # CLIP's learned temperature
+    return scale * F.normalize(features, dim=-1) @ text.t().to(features.dtype)
 
 
 class OverTextHead(nn.Module):

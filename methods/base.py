@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -23,6 +24,7 @@ from torch import nn
 
 from petlbench.backbones.base import Backbone
 from petlbench.backbones.slots import LayerSlots
+from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
 MAX_TOKENS = 4096  # tokens / prompts / prefixes per layer: more than any sequence a backbone here takes
@@ -156,6 +158,20 @@ class Method(nn.Module, abc.ABC):
     # inclusive; a None value is not checked). Sizes are capped where a larger value could only
     # exhaust memory (MAX_TOKENS, MAX_WIDTH), so a typo is refused instead of allocated.
     limits: ClassVar[dict[str, tuple[float, float]]] = {}
+    # Backbone weights the method unfreezes and trains in place (BitFit's biases) are copied when it
+    # attaches, so :meth:`detach` can put them back; False where that copy would be a whole tower
+    # (full fine-tuning), which then cannot be detached.
+    copies_unfrozen: ClassVar[bool] = True
+    # False where ``attach`` only attaches other methods that record their own (a composition).
+    records_attach: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every ``attach`` a subclass defines is recorded (:func:`_recorded`), so that no method
+        needs code of its own to refuse a filled slot or to :meth:`detach`."""
+        super().__init_subclass__(**kwargs)
+        attach = cls.__dict__.get("attach")
+        if attach is not None and cls.records_attach and not getattr(attach, "__isabstractmethod__", False):
+            cls.attach = _recorded(attach)  # type: ignore[method-assign]
 
     def __init__(self, config: Any = None) -> None:
         super().__init__()
@@ -246,6 +262,28 @@ class Method(nn.Module, abc.ABC):
     def attach(self, backbone: Backbone) -> None:
         """Create parameters and fill the backbone's slots. Must not change a backbone weight."""
 
+    def detach(self) -> None:
+        """Empty every slot :meth:`attach` filled and re-freeze (and restore) the backbone weights it
+        unfroze: the backbone then computes exactly what it did before, and no parameter of the
+        method is reachable from it. Methods that merged their update into the frozen weights refuse
+        (LoRA, SSF: unmerging is exact only to float rounding)."""
+        record: _Attachment | None = self.__dict__.pop("_attachment", None)
+        if record is None:
+            raise UserError(f"method {self.name!r} is not attached to a backbone")
+        if record.unfrozen and not self.copies_unfrozen:
+            self.__dict__["_attachment"] = record
+            raise UserError(
+                f"method {self.name!r} trains the backbone's own weights and keeps no copy of them: "
+                "it cannot be detached (rebuild the backbone)"
+            )
+        for tower, layer, slot in record.filled:
+            tower.set_slot(layer, slot, None)
+            record.owners.pop((id(tower), layer, slot), None)
+        with torch.no_grad():
+            for p, saved in record.unfrozen:
+                p.requires_grad_(False)
+                p.copy_(saved)
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)
 
@@ -298,6 +336,81 @@ class Method(nn.Module, abc.ABC):
         return the path written. Methods with a picture worth drawing override this (Adapt: the
         paper's Figure 3, its per-layer context lengths)."""
         raise UserError(f"method {cls.name!r} has no figure to plot")
+
+
+@dataclass
+class _Attachment:
+    """What one :meth:`Method.attach` filled: its slots, and the backbone weights it unfroze with a
+    copy of their values (empty tensors where the method keeps no copy)."""
+
+    filled: list[tuple[Tower, int | None, str]]
+    unfrozen: list[tuple[nn.Parameter, torch.Tensor]]
+    owners: dict[tuple[int, int | None, str], str]  # the backbone's: slot -> the method that filled it
+
+
+def _filled_slots(backbone: Backbone) -> dict[tuple[int, int | None, str], tuple[Tower, Any]]:
+    """Every filled slot of the backbone by (tower id, layer, slot), with its tower and value."""
+    return {
+        (id(tower), layer, slot): (tower, value)
+        for tower in backbone.towers.values()
+        for (layer, slot), value in tower.filled_slots().items()
+    }
+
+
+def _recorded(attach: Callable[[Method, Backbone], None]) -> Callable[[Method, Backbone], None]:
+    """``attach`` that records what it filled and unfroze (for :meth:`Method.detach`) and refuses,
+    putting the backbone back as it was, a slot another method filled: each slot holds one method's
+    contribution, so methods compose only through slots they do not share."""
+
+    @functools.wraps(attach)
+    def recorded(self: Method, backbone: Backbone) -> None:
+        if self.__dict__.get("_attaching"):  # a subclass's attach calling super().attach
+            attach(self, backbone)
+            return
+        owners: dict[tuple[int, int | None, str], str] = backbone.__dict__.setdefault("_slot_owners", {})
+        before = _filled_slots(backbone)
+        frozen = [p for p in backbone.parameters() if not p.requires_grad]
+        self.__dict__["_attaching"] = True
+        try:
+            attach(self, backbone)
+        finally:
+            self.__dict__["_attaching"] = False
+        after = _filled_slots(backbone)
+        mine = f"{self.name}@{id(self)}"
+        taken = [
+            k
+            for k, (_, v) in before.items()
+            if owners.get(k) != mine and after.get(k, (None, None))[1] is not v
+        ]
+        if taken:
+            for key in after.keys() - before.keys():
+                tower, _ = after[key]
+                tower.set_slot(key[1], key[2], None)
+            for key in taken:
+                tower, value = before[key]
+                tower.set_slot(key[1], key[2], value)
+            for p in frozen:
+                p.requires_grad_(False)
+            _, layer, slot = taken[0]
+            where = f"layer {layer}" if layer is not None else "tower level"
+            other = owners.get(taken[0], "another method").split("@")[0]
+            raise UserError(
+                f"method {self.name!r}: slot {slot} ({where}, {before[taken[0]][0].name} tower) is already "
+                f"filled by method {other!r}; two methods cannot share a slot"
+            )
+        filled = [k for k in after if k not in before or owners.get(k) == mine]
+        owners.update((key, mine) for key in filled)
+        # attach changes no weight, so the values now are the ones to restore
+        unfrozen = [
+            (p, p.detach().clone() if self.copies_unfrozen else p.new_empty(0))
+            for p in frozen
+            if p.requires_grad
+        ]
+        self.__dict__["_attachment"] = _Attachment(
+            [(after[k][0], k[1], k[2]) for k in filled], unfrozen, owners
+        )
+
+    return recorded
 
 
 _FALSE_TRUE = {"false": False, "0": False, "no": False, "true": True, "1": True, "yes": True}

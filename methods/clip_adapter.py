@@ -25,7 +25,7 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.heads import TextClassifierHead
 from petlbench.errors import UserError
 
-from ._heads import OverTextHead
+from ._heads import OverTextHead, cosine_logits
 from .base import MAX_WIDTH, Method
 
 SIDES = ("image", "text", "both")
@@ -62,8 +62,7 @@ class CLIPAdapterHead(OverTextHead):
         text = self.text_head.class_features()
         if m.text_adapter is not None:
             text = F.normalize(ratio * m.text_adapter(text) + (1 - ratio) * text, dim=-1)
-        scale = self.text_head.backbone.logit_scale.exp()
-        return scale * F.normalize(features, dim=-1) @ text.t().to(features.dtype)
+        return cosine_logits(self.text_head.backbone, features, text)
 
 
 class CLIPAdapter(Method):

@@ -25,28 +25,19 @@ from petlbench.backbones.base import Backbone
 from petlbench.errors import UserError
 
 from .base import MAX_TOKENS, MAX_WIDTH
-from .coop import CoOp, PromptHead, build_layout
+from .coop import CoOp, OneContextAtTheEnd, PromptHead, build_layout
 
 if TYPE_CHECKING:
     from petlbench.backbones.clip import ClipBackbone
 
 
 @dataclass
-class CoCoOpConfig:
+class CoCoOpConfig(OneContextAtTheEnd):  # CoOp options its reference does not offer
     n_ctx: int = 4  # M (ignored when ctx_init is given: M = its token count)
     ctx_init: str = "a photo of a"
     template: str = "{}."  # text around the class slot (the reference: "{}.")
     meta_net_ratio: int = 16  # meta-net hidden width = image feature dim // ratio (vis_dim // 16)
     init_std: float = 0.02  # random context init when ctx_init is empty
-
-    # CoOp options CoCoOp's reference does not offer, fixed here so the shared code can read them.
-    @property
-    def csc(self) -> bool:
-        return False
-
-    @property
-    def class_token_position(self) -> str:
-        return "end"
 
 
 class CoCoOpHead(PromptHead):

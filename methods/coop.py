@@ -43,6 +43,7 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.heads import prompt_class_name
 from petlbench.errors import UserError
 
+from ._heads import cosine_logits
 from .base import MAX_TOKENS, Method
 
 PLACEHOLDER = "X"
@@ -57,6 +58,19 @@ class CoOpConfig:
     class_token_position: str = "end"  # end | middle | front
     template: str = "{}."  # text around the class slot "{}" (the reference: "{}.")
     init_std: float = 0.02  # std of the random context vectors (CoOp's normal init)
+
+
+class OneContextAtTheEnd:
+    """Two of :class:`CoOpConfig`'s options fixed, for the configs of the methods that reuse CoOp's
+    code without offering them: one context shared by the classes, the class token at the end."""
+
+    @property
+    def csc(self) -> bool:
+        return False
+
+    @property
+    def class_token_position(self) -> str:
+        return "end"
 
 
 def _token_count(backbone: Backbone, texts: Sequence[str]) -> list[int]:
@@ -198,9 +212,7 @@ class CoOpHead(PromptHead):
         return self._cache[1]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        text = self.class_features()
-        scale = self.backbone.logit_scale.exp()
-        return scale * F.normalize(features, dim=-1) @ text.t().to(features.dtype)
+        return cosine_logits(self.backbone, features, self.class_features())
 
 
 class CoOp(Method):

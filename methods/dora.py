@@ -120,10 +120,10 @@ class DoRA(LoRA):
             self._towers[tower_name] = tower
         self._bind_slots()
 
-    def _add_to_weights(self, sign: float) -> None:
+    def _write_into_weights(self, undo: bool) -> None:
         for layers in self.lora.values():
             for module in layers:
-                if sign > 0:
-                    module.merge_into_weight()
-                else:
+                if undo:
                     module.unmerge_from_weight()
+                else:
+                    module.merge_into_weight()

@@ -21,6 +21,7 @@ class FullFineTune(Method):
     family = "baseline"
     paper = "full fine-tuning (baseline in Jia et al. 2022, VPT)"
     towers = ("image",)
+    copies_unfrozen = False  # a copy of the whole tower: full fine-tuning cannot be detached
     _backbone: Backbone  # set by attach, outside the module tree
 
     def attach(self, backbone: Backbone) -> None:

@@ -39,26 +39,17 @@ from petlbench.errors import UserError
 
 from ._heads import KeepsTeacherText
 from .base import MAX_TOKENS, LossContext, frozen_class_features
-from .coop import CoOp, CoOpHead, build_layout
+from .coop import CoOp, CoOpHead, OneContextAtTheEnd, build_layout
 
 
 @dataclass
-class KgCoOpConfig:
+class KgCoOpConfig(OneContextAtTheEnd):  # KgCoOp's runs fix them (base2new_train.sh L12, L15)
     n_ctx: int = 4  # M (ignored when ctx_init is given: M = its token count)
     ctx_init: str = "a photo of a"  # kgcoop.py L96: the phrase CTX_INIT True selects
     weight: float = 8.0  # w, TRAINER.COOP.W (KgCoOp/scripts/run.sh L2-11: 8.0)
     hand_template: str = ""  # hand-crafted prompt "{}" template; empty: the task's templates
     template: str = "{}."  # text around the class slot of the learned prompt (kgcoop.py L129)
     init_std: float = 0.02  # random context init when ctx_init is empty (kgcoop.py L114)
-
-    # CoOp options KgCoOp's runs fix (base2new_train.sh L12, L15), fixed here for the shared code.
-    @property
-    def csc(self) -> bool:
-        return False
-
-    @property
-    def class_token_position(self) -> str:
-        return "end"
 
 
 class KgCoOpHead(KeepsTeacherText, CoOpHead):

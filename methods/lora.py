@@ -34,11 +34,11 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
+from ._folding import FoldsIntoWeights
 from ._towers import TowerChoice, tower_defaults
-from .base import MAX_WIDTH, Stage, StageContext
+from .base import MAX_WIDTH
 
 PROJECTIONS = ("q", "k", "v")
-MERGED_KEY = "merged"
 
 
 @dataclass
@@ -106,19 +106,21 @@ class LoRAQKV(nn.Module):
         return torch.cat(rows, dim=0)
 
 
-class LoRA(TowerChoice):
+class LoRA(FoldsIntoWeights, TowerChoice):
     name = "lora"
     family = "reparameterization"
     paper = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
     Config = LoRAConfig
     limits = {"rank": (1, MAX_WIDTH)}
     towers = ("image", "text", "encoder", "decoder")
+    fold_option = "merge"
+    fold_stage = ("merge", "merge the low-rank updates into the frozen weights")
+    fold_key = "merged"
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.lora = nn.ModuleDict()  # "<tower>" -> ModuleList of LoRAQKV, one per layer
         self._towers: dict[str, Tower] = {}  # plain dict: the method must not own backbone weights
-        self._merged = False
 
     def validate_config(self) -> None:
         super().validate_config()
@@ -126,7 +128,6 @@ class LoRA(TowerChoice):
         if not math.isfinite(c.alpha) or c.alpha <= 0:
             raise UserError(f"lora: alpha must be a positive number, got {c.alpha}")
         parse_targets(c.targets)
-
 
     @classmethod
     def kind_defaults(cls, kind: str) -> dict[str, Any]:
@@ -138,7 +139,7 @@ class LoRA(TowerChoice):
 
     @property
     def merged(self) -> bool:
-        return self._merged
+        return self._in_weights
 
     def attach(self, backbone: Backbone) -> None:
         c = self.config
@@ -154,62 +155,27 @@ class LoRA(TowerChoice):
         for tower_name, layers in self.lora.items():
             tower = self._towers[tower_name]
             for layer, module in enumerate(layers):
-                tower.slots[layer].qkv_delta = None if self._merged else module
+                tower.slots[layer].qkv_delta = None if self._in_weights else module
 
     # ----- merging ------------------------------------------------------------------------------
-    @torch.no_grad()
     def merge(self) -> None:
         """Fold every update into its frozen qkv weight and empty the ``qkv_delta`` slots (idempotent)."""
-        if self._merged:
-            return
-        self._add_to_weights(+1.0)
-        self._merged = True
-        self._bind_slots()
+        self._set_in_weights(True)
 
-    @torch.no_grad()
     def unmerge(self) -> None:
         """Subtract the updates from the weights again and refill the slots (idempotent)."""
-        if not self._merged:
-            return
-        self._add_to_weights(-1.0)
-        self._merged = False
-        self._bind_slots()
+        self._set_in_weights(False)
 
-    def _add_to_weights(self, sign: float) -> None:
+    def _write_into_weights(self, undo: bool) -> None:
+        sign = -1.0 if undo else 1.0
         for tower_name, layers in self.lora.items():
             for view, module in zip(self._towers[tower_name]._views, layers, strict=True):
                 weight = view.qkv_weight()
                 weight.add_(sign * module.delta_weight().to(weight.dtype))
 
-    def stages(self) -> list[Stage]:
-        if not self.config.merge:
-            return [Stage("train")]
-
-        def merge(ctx: StageContext) -> None:  # noqa: ARG001 - the method holds what it needs
-            self.merge()
-
-        return [
-            Stage("train"),
-            Stage("merge", "merge the low-rank updates into the frozen weights", train=False, prepare=merge),
-        ]
-
-    # ----- state --------------------------------------------------------------------------------
-    def method_state(self) -> dict[str, torch.Tensor]:
-        state = super().method_state()
-        state[MERGED_KEY] = torch.tensor(self._merged)
-        return state
-
-    def load_method_state(self, state: dict[str, torch.Tensor]) -> None:
-        state = dict(state)
-        merged = bool(state.pop(MERGED_KEY, torch.tensor(False)))
-        self.unmerge()  # take the current updates out of the weights before replacing them
-        self.load_state_dict(state)
-        if merged:
-            self.merge()
-
     def describe(self) -> dict[str, Any]:
         return {
             "targets": list(parse_targets(self.config.targets)),
             "scaling": self.scaling,
-            "merged": self._merged,
+            "merged": self._in_weights,
         }

@@ -40,6 +40,7 @@ from petlbench.backbones.heads import prompt_class_name
 from petlbench.backbones.slots import InputTokens
 from petlbench.errors import UserError
 
+from ._heads import cosine_logits
 from .base import MAX_LAYERS, MAX_TOKENS, Method
 
 INIT_STD = 0.02  # nn.init.normal_(std=0.02): maple.py L96, L114; clip/model.py L220
@@ -106,9 +107,7 @@ class MaPLeHead(nn.Module):
         return self._cache[1]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        text = self.class_features()
-        scale = self.backbone.logit_scale.exp()
-        return scale * F.normalize(features, dim=-1) @ text.t().to(features.dtype)
+        return cosine_logits(self.backbone, features, self.class_features())
 
 
 class MaPLe(Method):
@@ -206,8 +205,12 @@ class MaPLe(Method):
 
     def describe(self) -> dict[str, Any]:
         depth = getattr(self, "_text_depth", self.config.depth)
-        return {"n_ctx": self.config.n_ctx, "depth": depth, "depth_capped": depth < self.config.depth,
-                "coupling": self.coupling}
+        return {
+            "n_ctx": self.config.n_ctx,
+            "depth": depth,
+            "depth_capped": depth < self.config.depth,
+            "coupling": self.coupling,
+        }
 
 
 class IVLP(MaPLe):

@@ -36,72 +36,72 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.heads import prompt_class_name
 
 from ._heads import KeepsTeacherText
-from .base import MAX_LAYERS, MAX_TOKENS, Callback, LossContext, frozen_backbone
+from .base import Callback, LossContext, frozen_backbone
 from .maple import IVLP, MaPLeHead
 
 # The 60 prompt templates (from CLIP's ImageNet prompt-engineering notebook) of the teacher in
 # muzairkhattak/PromptSRC trainers/imagenet_templates.py (L3-64), used for every dataset (promptsrc.py L122).
 IMAGENET_TEMPLATES: tuple[str, ...] = (
-    'a photo of a {}.',
-    'a bad photo of a {}.',
-    'a photo of many {}.',
-    'a sculpture of a {}.',
-    'a photo of the hard to see {}.',
-    'a low resolution photo of the {}.',
-    'a rendering of a {}.',
-    'graffiti of a {}.',
-    'a bad photo of the {}.',
-    'a cropped photo of the {}.',
-    'a tattoo of a {}.',
-    'the embroidered {}.',
-    'a photo of a hard to see {}.',
-    'a bright photo of a {}.',
-    'a photo of a clean {}.',
-    'a photo of a dirty {}.',
-    'a dark photo of the {}.',
-    'a drawing of a {}.',
-    'a photo of my {}.',
-    'the plastic {}.',
-    'a photo of the cool {}.',
-    'a close-up photo of a {}.',
-    'a black and white photo of the {}.',
-    'a painting of the {}.',
-    'a painting of a {}.',
-    'a pixelated photo of the {}.',
-    'a sculpture of the {}.',
-    'a bright photo of the {}.',
-    'a cropped photo of a {}.',
-    'a plastic {}.',
-    'a photo of the dirty {}.',
-    'a jpeg corrupted photo of a {}.',
-    'a blurry photo of the {}.',
-    'a photo of the {}.',
-    'a good photo of the {}.',
-    'a rendering of the {}.',
-    'a {} in a video game.',
-    'a photo of one {}.',
-    'a doodle of a {}.',
-    'a close-up photo of the {}.',
-    'the origami {}.',
-    'the {} in a video game.',
-    'a sketch of a {}.',
-    'a doodle of the {}.',
-    'a origami {}.',
-    'a low resolution photo of a {}.',
-    'the toy {}.',
-    'a rendition of the {}.',
-    'a photo of the clean {}.',
-    'a photo of a large {}.',
-    'a rendition of a {}.',
-    'a photo of a nice {}.',
-    'a photo of a weird {}.',
-    'a blurry photo of a {}.',
-    'a cartoon {}.',
-    'art of a {}.',
-    'a sketch of the {}.',
-    'a embroidered {}.',
-    'a pixelated photo of a {}.',
-    'itap of the {}.',
+    "a photo of a {}.",
+    "a bad photo of a {}.",
+    "a photo of many {}.",
+    "a sculpture of a {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.",
+    "a rendering of a {}.",
+    "graffiti of a {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a tattoo of a {}.",
+    "the embroidered {}.",
+    "a photo of a hard to see {}.",
+    "a bright photo of a {}.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a dark photo of the {}.",
+    "a drawing of a {}.",
+    "a photo of my {}.",
+    "the plastic {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+    "a pixelated photo of the {}.",
+    "a sculpture of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a plastic {}.",
+    "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a rendering of the {}.",
+    "a {} in a video game.",
+    "a photo of one {}.",
+    "a doodle of a {}.",
+    "a close-up photo of the {}.",
+    "the origami {}.",
+    "the {} in a video game.",
+    "a sketch of a {}.",
+    "a doodle of the {}.",
+    "a origami {}.",
+    "a low resolution photo of a {}.",
+    "the toy {}.",
+    "a rendition of the {}.",
+    "a photo of the clean {}.",
+    "a photo of a large {}.",
+    "a rendition of a {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a blurry photo of a {}.",
+    "a cartoon {}.",
+    "art of a {}.",
+    "a sketch of the {}.",
+    "a embroidered {}.",
+    "a pixelated photo of a {}.",
+    "itap of the {}.",
 )
 
 
@@ -131,8 +131,9 @@ class PromptSRCHead(KeepsTeacherText, MaPLeHead):
     """IVLP's head, holding the frozen template-averaged class features and keeping the prompted
     class features of the last training forward for the self-regulating terms."""
 
-    def __init__(self, method: Any, backbone: Backbone, embeds: torch.Tensor, eot: torch.Tensor,
-                 teacher: torch.Tensor) -> None:
+    def __init__(
+        self, method: Any, backbone: Backbone, embeds: torch.Tensor, eot: torch.Tensor, teacher: torch.Tensor
+    ) -> None:
         super().__init__(method, backbone, embeds, eot)
         self.keep_teacher(teacher)
 
@@ -179,13 +180,7 @@ class PromptSRC(IVLP):
         "Khattak et al., Self-regulating Prompts: Foundational Model Adaptation without Forgetting, ICCV 2023"
     )
     Config: ClassVar[type] = PromptSRCConfig
-    limits = {
-        "n_ctx": (1, MAX_TOKENS),
-        "vision_tokens": (1, MAX_TOKENS),
-        "depth": (1, MAX_LAYERS),
-        "vision_depth": (1, MAX_LAYERS),
-        "gpa_std": (1e-6, 1e6),
-    }
+    limits = {**IVLP.limits, "gpa_std": (1e-6, 1e6)}
     suggested_protocol: ClassVar[dict[str, Any]] = {
         "optimizer": "sgd",
         "lr": 2.5e-3,
@@ -225,9 +220,15 @@ class PromptSRC(IVLP):
         frozen = F.normalize(ctx.frozen_image_features().float(), dim=-1)
         zs_logits = self._backbone.logit_scale.exp() * frozen @ teacher.t()
         logits = ctx.logits.float()
-        kl = F.kl_div(
-            F.log_softmax(logits, dim=1), F.log_softmax(zs_logits, dim=1), reduction="sum", log_target=True
-        ) / logits.numel()
+        kl = (
+            F.kl_div(
+                F.log_softmax(logits, dim=1),
+                F.log_softmax(zs_logits, dim=1),
+                reduction="sum",
+                log_target=True,
+            )
+            / logits.numel()
+        )
         l_text = F.l1_loss(text, teacher) * c.text_loss_weight
         l_image = F.l1_loss(image, frozen) * c.image_loss_weight
         return kl + l_text + l_image

@@ -13,10 +13,11 @@ import re
 import tokenize
 import typing
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint
 from typing import Any
 
 from petlbench.errors import UserError
+from petlbench.registry import BUILTIN, Registry, load_entry_point
 
 from .base import Method
 
@@ -25,50 +26,44 @@ GROUP = "petlbench.methods"
 
 @dataclass(frozen=True)
 class MethodEntry:
+    """A registered method, not imported yet: listing the methods imports none of them."""
+
     name: str
-    value: str  # "module:Class"
+    entry_point: EntryPoint
     distribution: str
-    plugin: bool
+
+    @property
+    def plugin(self) -> bool:
+        return self.distribution != BUILTIN
 
     def load(self) -> type[Method]:
-        try:
-            cls = _load(self.value)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the CLI down
-            raise UserError(
-                f"method {self.name!r} from {self.distribution} failed to import ({self.value}): "
-                f"{exc.__class__.__name__}: {exc}"
-            ) from None
+        cls = load_entry_point(self.entry_point, "method", self.distribution)
         if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise UserError(f"entry point {self.name!r} ({self.value}) is not a petlbench Method subclass")
+            raise UserError(
+                f"entry point {self.name!r} ({self.entry_point.value}) is not a petlbench Method subclass"
+            )
         return cls
 
 
-def _load(value: str) -> object:
-    import importlib
-
-    module, _, attr = value.partition(":")
-    obj: object = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+METHODS: Registry[MethodEntry] = Registry(
+    "method",
+    entry_point_group=GROUP,
+    from_entry_point=lambda ep, source: MethodEntry(ep.name, ep, source),
+)
 
 
 def method_entries() -> dict[str, MethodEntry]:
-    entries: dict[str, MethodEntry] = {}
-    for ep in entry_points(group=GROUP):
-        dist = ep.dist.name if ep.dist is not None else "unknown"
-        entry = MethodEntry(ep.name, ep.value, dist, plugin=dist.replace("_", "-") != "petlbench")
-        # Built-ins win over a plugin of the same name; the first plugin wins among plugins.
-        if ep.name not in entries or (entries[ep.name].plugin and not entry.plugin):
-            entries[ep.name] = entry
-    return dict(sorted(entries.items()))
+    return dict(METHODS.items())
 
 
 def get_method(name: str) -> type[Method]:
-    entries = method_entries()
-    if name not in entries:
-        raise UserError(f"unknown method {name!r}; registered methods: {', '.join(entries) or '(none)'}")
-    return entries[name].load()
+    """The method class registered as ``name``; ``a+b`` composes the methods ``a`` and ``b`` into one
+    that attaches both through their slots."""
+    if "+" in name:
+        from .compose import compose
+
+        return compose([get_method(part) for part in name.split("+")])
+    return METHODS.get(name).load()
 
 
 @dataclass(frozen=True)

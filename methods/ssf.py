@@ -30,10 +30,8 @@ from petlbench.backbones.slots import OPS
 from petlbench.backbones.tower import Tower
 from petlbench.backbones.vit import fold_affine
 
+from ._folding import FoldsIntoWeights
 from ._towers import TowerChoice
-from .base import Stage, StageContext
-
-FOLDED_KEY = "folded"
 
 
 @dataclass
@@ -76,7 +74,7 @@ def _op_width(tower: Tower, layer: int, op: str) -> int:
     return width
 
 
-class SSF(TowerChoice):
+class SSF(FoldsIntoWeights, TowerChoice):
     name = "ssf"
     family = "reparameterization"
     paper = (
@@ -87,6 +85,9 @@ class SSF(TowerChoice):
     towers = ("image", "text")
     backbone_kinds = ("vit", "swin", "clip")  # OFA's layers do not read the MLP / tower slots
     limits = {"init_std": (0.0, 1.0)}
+    fold_option = "fold"
+    fold_stage = ("fold", "fold the scales and shifts into the frozen weights")
+    fold_key = "folded"
     deviations = (
         {
             "id": "ssf-swin-merging",
@@ -105,15 +106,13 @@ class SSF(TowerChoice):
         super().__init__(config)
         self.ssf = nn.ModuleDict()  # "<tower>" -> ModuleDict of "<layer>_<op>", "embed", "final"
         self._towers: dict[str, Tower] = {}
-        self._folded = False
 
     def validate_config(self) -> None:
         super().validate_config()
 
-
     @property
     def folded(self) -> bool:
-        return self._folded
+        return self._in_weights
 
     def attach(self, backbone: Backbone) -> None:
         std = self.config.init_std
@@ -134,33 +133,24 @@ class SSF(TowerChoice):
         for tower_name, mods in self.ssf.items():
             tower = self._towers[tower_name]
             for layer in range(tower.depth):
-                tower.slots[layer].after_op = (
-                    {} if self._folded else {op: mods[f"{layer}_{op}"] for op in OPS}
-                )
-            live = {} if self._folded else dict(mods.items())
+                for op in OPS:  # entry by entry: another method's after_op entries stay
+                    tower.set_slot(
+                        layer, f"after_op.{op}", None if self._in_weights else mods[f"{layer}_{op}"]
+                    )
+            live = {} if self._in_weights else dict(mods.items())
             tower.tower_slots.after_patch_embed = live.get("embed")
             tower.tower_slots.after_final_norm = live.get("final")
 
     # ----- folding --------------------------------------------------------------------------
-    @torch.no_grad()
     def fold(self) -> None:
         """Multiply every scale and shift into the op before it and empty the slots (idempotent)."""
-        if self._folded:
-            return
-        self._fold(undo=False)
-        self._folded = True
-        self._bind_slots()
+        self._set_in_weights(True)
 
-    @torch.no_grad()
     def unfold(self) -> None:
         """Take the scales and shifts out of the weights again and refill the slots (idempotent)."""
-        if not self._folded:
-            return
-        self._fold(undo=True)
-        self._folded = False
-        self._bind_slots()
+        self._set_in_weights(False)
 
-    def _fold(self, undo: bool) -> None:
+    def _write_into_weights(self, undo: bool) -> None:
         for tower_name, mods in self.ssf.items():
             tower = self._towers[tower_name]
             for layer, view in enumerate(tower._views):
@@ -176,31 +166,5 @@ class SSF(TowerChoice):
             if "final" in mods:
                 tower.fold_final_affine(mods["final"].scale, mods["final"].shift, undo=undo)
 
-    def stages(self) -> list[Stage]:
-        if not self.config.fold:
-            return [Stage("train")]
-
-        def fold(ctx: StageContext) -> None:  # noqa: ARG001 - the method holds what it needs
-            self.fold()
-
-        return [
-            Stage("train"),
-            Stage("fold", "fold the scales and shifts into the frozen weights", train=False, prepare=fold),
-        ]
-
-    # ----- state ----------------------------------------------------------------------------
-    def method_state(self) -> dict[str, torch.Tensor]:
-        state = super().method_state()
-        state[FOLDED_KEY] = torch.tensor(self._folded)
-        return state
-
-    def load_method_state(self, state: dict[str, torch.Tensor]) -> None:
-        state = dict(state)
-        folded = bool(state.pop(FOLDED_KEY, torch.tensor(False)))
-        self.unfold()
-        self.load_state_dict(state)
-        if folded:
-            self.fold()
-
     def describe(self) -> dict[str, Any]:
-        return {"folded": self._folded}
+        return {"folded": self._in_weights}

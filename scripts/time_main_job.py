@@ -27,7 +27,7 @@ def main() -> int:
     parser.add_argument("extra", nargs="*", help="more `bench run` arguments (after --)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        argv = [sys.executable, "-m", "petlbench.harness.cli", "run", "--method", args.method]
+        argv = [sys.executable, "-m", "petlbench.cli", "run", "--method", args.method]
         argv += ["--suite", args.suite, "--jobs", args.jobs, "--store", f"{tmp}/s.sqlite", *args.extra]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
         load = os.getloadavg()[0]

@@ -33,3 +33,24 @@ def clip_b16():
     from petlbench.backbones import build_backbone
 
     return build_backbone("clip-vit-b16", pretrained=False)
+
+
+@pytest.fixture(scope="session")
+def colors():
+    """The smoke suite's ``colors`` task (generated offline): what the method tests train on."""
+    from petlbench.benchmarks.datasets import load_task
+    from petlbench.benchmarks.suites import load_suite
+
+    return load_task(load_suite("smoke").task("colors"), None)
+
+
+@pytest.fixture
+def cleared():
+    """``cleared(backbone)`` empties every slot of ``backbone``: what a test attached to a shared
+    session backbone (``vit_b16``) is taken off again, in its ``finally``."""
+
+    def clear(backbone):
+        for name in backbone.tower_names:
+            backbone.tower(name).clear_slots()
+
+    return clear

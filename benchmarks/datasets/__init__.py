@@ -1,13 +1,14 @@
 """Dataset loaders, one per on-disk format (DESIGN section 5), not one per dataset.
 
-A loader is ``fn(task_spec, data_root) -> TaskData`` and reads its arguments from ``task_spec.args``.
-It registers under a name that suite files use as a task's ``loader``. A loader may also give an
-``check_args`` function, so that a suite file with bad loader arguments fails when the suite loads,
-not minutes later when the task is reached.
+A format module registers one :class:`DatasetFormat` in ``FORMATS`` under the name suite files use
+as a task's ``loader``: its loader ``fn(task_spec, data_root) -> TaskData`` (arguments from
+``task_spec.args``), the ``check_args`` that makes a suite file with bad arguments fail when the
+suite loads, and for data on disk how ``bench data check`` lists a task and where its data comes
+from (and what ``bench data prepare --download`` fetches).
 """
 
-# Built-in loaders register on import.
+# Built-in formats register on import.
 from . import coop, digits, fgvc, imagefolder, ofa_loaders, synthetic, vtab1k, world  # noqa: F401
-from .registry import LoaderEntry, list_loaders, load_task, loader_entry, register_loader
+from .registry import FORMATS, Archive, DatasetFormat, Download, list_task, load_task
 
-__all__ = ["LoaderEntry", "list_loaders", "load_task", "loader_entry", "register_loader"]
+__all__ = ["FORMATS", "Archive", "DatasetFormat", "Download", "list_task", "load_task"]

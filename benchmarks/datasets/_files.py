@@ -37,9 +37,11 @@ from torch.utils.data import Dataset
 from petlbench.errors import UserError
 
 from ..data import TaskData
+from .registry import DatasetFormat
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec
+    from .registry import ArgsCheck, Download, Lister
 
 RESIZE_MODES = ("center_crop", "square", "resize_crop")
 INTERPOLATIONS = ("bicubic", "bilinear", "tf_bilinear")
@@ -92,24 +94,6 @@ class TaskListing:
     few_shot_selection: str | None = None  # "coop": val is few-shot with min(K, 4) per class
     index_dir: Path | None = None  # where the portable few-shot JSON index goes
     class_coverage_split: str = "train"  # the split in which every class must have an image
-
-
-Lister = Callable[["TaskSpec", Path], TaskListing]
-_LISTERS: dict[str, Lister] = {}
-
-
-def register_lister(name: str) -> Callable[[Lister], Lister]:
-    """Register how ``bench data check`` lists a task of loader ``name`` without decoding it."""
-
-    def deco(fn: Lister) -> Lister:
-        _LISTERS[name] = fn
-        return fn
-
-    return deco
-
-
-def get_lister(name: str) -> Lister | None:
-    return _LISTERS.get(name)
 
 
 def require_dir(path: Path, what: str, hint: str) -> Path:
@@ -400,6 +384,34 @@ def _mapped_names(names: list[str], label_map: dict[int, int] | None) -> list[st
         return list(names)
     inverse = {new: old for old, new in label_map.items()}
     return [names[inverse[i]] for i in range(len(inverse))]
+
+
+def disk_format(
+    loader: str,
+    lister: Lister,
+    schema: dict[str, tuple[Any, Any]],
+    check_args: ArgsCheck,
+    how_to_get: str | Callable[[TaskSpec], str],
+    download: Callable[[TaskSpec], Download | None] | None = None,
+) -> DatasetFormat:
+    """A format read from disk: its loader is the task as ``lister`` lists it, every image present,
+    decoded lazily with the image args (``schema`` reads them from the task's args)."""
+    from ._args import read_args
+
+    def load(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
+        a = read_args(loader, task_spec.args, schema)
+        if data_root is None:  # pragma: no cover - load_task refuses first
+            raise UserError(f"the {loader} loader needs --data-root")
+        return build_task(lister(task_spec, data_root), image_args_of(a), task_spec.templates)
+
+    return DatasetFormat(
+        load,
+        needs_data_root=True,
+        check_args=check_args,
+        lister=lister,
+        download=download,
+        how_to_get=how_to_get,
+    )
 
 
 def check_image_args(loader: str, a: dict[str, Any]) -> None:

@@ -27,23 +27,20 @@ from typing import TYPE_CHECKING, Any
 
 from petlbench.errors import UserError
 
-from ..data import TaskData
 from ._args import REQUIRED, check_choice, read_args
 from ._files import (
     IMAGE_ARGS,
     SplitListing,
     TaskListing,
-    build_task,
     check_image_args,
-    image_args_of,
+    disk_format,
     read_json,
     read_lines,
-    register_lister,
     require_dir,
     require_file,
     safe_relpath,
 )
-from .registry import register_loader
+from .registry import FORMATS, Archive, Download
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec
@@ -194,7 +191,6 @@ def _imagenet(root: Path, what: str) -> tuple[dict[str, SplitListing], list[str]
     return splits, [wnid_name[f] for f in folders]
 
 
-@register_lister("coop")
 def list_coop(task_spec: TaskSpec, data_root: Path) -> TaskListing:
     a = read_args("coop", task_spec.args, SCHEMA)
     name = a["dataset"]
@@ -236,10 +232,63 @@ def list_coop(task_spec: TaskSpec, data_root: Path) -> TaskListing:
     )
 
 
-@register_loader("coop", needs_data_root=True, check_args=check_args)
-def load_coop_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
-    a = read_args("coop", task_spec.args, SCHEMA)
-    if data_root is None:  # pragma: no cover - load_task refuses first
-        raise UserError("the coop loader needs --data-root")
-    listing = list_coop(task_spec, data_root)
-    return build_task(listing, image_args_of(a), task_spec.templates)
+COOP_DOCS = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
+SOURCES: dict[str, str] = {
+    "ImageNet": "ILSVRC-2012 train + val from https://image-net.org (login); classnames.txt from "
+    + COOP_DOCS,
+    "Caltech101": "101_ObjectCategories from https://data.caltech.edu/records/mzrjq-6wc02; split json: "
+    + COOP_DOCS,
+    "OxfordPets": "images.tar.gz + annotations.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/pets/; "
+    "split json: " + COOP_DOCS,
+    "StanfordCars": "cars_train, cars_test, devkit (the original Stanford site is gone; mirrors are "
+    "listed in the CoOp issues); split json: " + COOP_DOCS,
+    "OxfordFlowers": "102flowers.tgz, imagelabels.mat from "
+    "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/; cat_to_name.json + split json: " + COOP_DOCS,
+    "Food101": "food-101.tar.gz from https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/; "
+    "split json: " + COOP_DOCS,
+    "FGVCAircraft": "fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ "
+    "(use its data/ folder as fgvc_aircraft/)",
+    "SUN397": "SUN397.tar.gz from https://vision.princeton.edu/projects/2010/SUN/; split json: " + COOP_DOCS,
+    "DescribableTextures": "dtd-r1.0.1.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/dtd/; split json: "
+    + COOP_DOCS,
+    "EuroSAT": "EuroSAT.zip (RGB, folder 2750/) from https://github.com/phelber/EuroSAT; split json: "
+    + COOP_DOCS,
+    "UCF101": "UCF-101-midframes.zip (middle frames) + split json from " + COOP_DOCS,
+}
+
+VGG = "https://www.robots.ox.ac.uk/~vgg/data"
+# Dataset name -> archives of its images from the original site (CoOp's split json by hand; the
+# FGVCAircraft archive holds its splits, so nothing is left to fetch by hand).
+ARCHIVES: dict[str, tuple[Archive, ...]] = {
+    "FGVCAircraft": (
+        Archive(
+            f"{VGG}/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
+            "fgvc_aircraft",
+            "fgvc-aircraft-2013b/data",
+        ),
+    ),
+    "DescribableTextures": (Archive(f"{VGG}/dtd/download/dtd-r1.0.1.tar.gz", "dtd", "dtd"),),
+    "OxfordPets": (
+        Archive(f"{VGG}/pets/data/images.tar.gz", "oxford_pets"),
+        Archive(f"{VGG}/pets/data/annotations.tar.gz", "oxford_pets"),
+    ),
+    "OxfordFlowers": (
+        Archive(f"{VGG}/flowers/102/102flowers.tgz", "oxford_flowers"),
+        Archive(f"{VGG}/flowers/102/imagelabels.mat", "oxford_flowers"),
+    ),
+    "Food101": (Archive("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz", "food-101", "food-101"),),
+    "EuroSAT": (Archive("https://madm.dfki.de/files/sentinel/EuroSAT.zip", "eurosat"),),
+    "SUN397": (Archive("http://vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz", "sun397"),),
+}
+
+
+def _download(task_spec: TaskSpec) -> Download | None:
+    archives = ARCHIVES.get(str(task_spec.args.get("dataset")), ())
+    return Download(archives) if archives else None
+
+
+def _how_to_get(task_spec: TaskSpec) -> str:
+    return SOURCES.get(str(task_spec.args.get("dataset")), COOP_DOCS)
+
+
+FORMATS.register("coop", disk_format("coop", list_coop, SCHEMA, check_args, _how_to_get, _download))

@@ -23,7 +23,7 @@ from petlbench.errors import UserError
 
 from ..data import TaskData, TensorImageDataset
 from ._args import check_choice, check_range, read_args
-from .registry import register_loader
+from .registry import FORMATS, DatasetFormat
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec
@@ -99,7 +99,6 @@ def split_indices(
     return {k: rng.permutation(np.concatenate(v)) for k, v in parts.items() if sum(map(len, v))}
 
 
-@register_loader("digits", check_args=check_args)
 def load_digits_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
     """scikit-learn digits (``data_root`` is not used: the data ships inside scikit-learn)."""
     check_args(task_spec.args)
@@ -127,3 +126,6 @@ def load_digits_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
             "sha256": hashes,
         },
     )
+
+
+FORMATS.register("digits", DatasetFormat(load_digits_task, check_args=check_args))

@@ -23,22 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 from petlbench.errors import UserError
 
-from ..data import TaskData
 from ._args import REQUIRED, check_choice, read_args
 from ._files import (
     IMAGE_ARGS,
     SplitListing,
     TaskListing,
-    build_task,
     check_image_args,
-    image_args_of,
+    disk_format,
     read_json,
-    register_lister,
     require_dir,
     require_file,
     safe_relpath,
 )
-from .registry import register_loader
+from .registry import FORMATS
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec
@@ -83,7 +80,6 @@ def _read_split(path: Path, what: str) -> list[tuple[str, int]]:
     return out
 
 
-@register_lister("fgvc")
 def list_fgvc(task_spec: TaskSpec, data_root: Path) -> TaskListing:
     a = read_args("fgvc", task_spec.args, SCHEMA)
     folder, image_dir, expected = DATASETS[a["dataset"]]
@@ -126,9 +122,7 @@ def list_fgvc(task_spec: TaskSpec, data_root: Path) -> TaskListing:
     )
 
 
-@register_loader("fgvc", needs_data_root=True, check_args=check_args)
-def load_fgvc_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
-    a = read_args("fgvc", task_spec.args, SCHEMA)
-    if data_root is None:  # pragma: no cover - load_task refuses first
-        raise UserError("the fgvc loader needs --data-root")
-    return build_task(list_fgvc(task_spec, data_root), image_args_of(a), task_spec.templates)
+HOW_TO_GET = (
+    "the images from each dataset's site and VPT's {train,val,test}.json (links in KMnP/vpt's README)"
+)
+FORMATS.register("fgvc", disk_format("fgvc", list_fgvc, SCHEMA, check_args, HOW_TO_GET))

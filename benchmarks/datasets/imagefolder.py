@@ -33,11 +33,11 @@ from ._files import (
     _resize,
     build_task,
     check_image_args,
+    disk_format,
     image_args_of,
-    register_lister,
     require_dir,
 )
-from .registry import register_loader
+from .registry import FORMATS, DatasetFormat, Download
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec
@@ -109,18 +109,9 @@ def _list_folder(task: str, root: Path, what: str) -> TaskListing:
     return TaskListing(task=task, loader="imagefolder", root=root, class_names=class_names, splits=splits)
 
 
-@register_lister("imagefolder")
 def list_imagefolder(task_spec: TaskSpec, data_root: Path) -> TaskListing:
     a = read_args("imagefolder", task_spec.args, SCHEMA)
     return _list_folder(task_spec.name, Path(data_root) / a["path"], f"task {task_spec.name!r} (imagefolder)")
-
-
-@register_loader("imagefolder", needs_data_root=True, check_args=check_args)
-def load_imagefolder_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
-    a = read_args("imagefolder", task_spec.args, SCHEMA)
-    if data_root is None:  # pragma: no cover - load_task refuses first
-        raise UserError("the imagefolder loader needs --data-root")
-    return build_task(list_imagefolder(task_spec, data_root), image_args_of(a), task_spec.templates)
 
 
 # ----- hf ---------------------------------------------------------------------------------------
@@ -216,7 +207,6 @@ def _hub_splits(a: Mapping[str, Any], what: str) -> tuple[dict[str, tuple[Any, l
     return out, names
 
 
-@register_loader("hf", check_args=check_hf_args)
 def load_hf_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
     a = read_args("hf", task_spec.args, HF_SCHEMA)
     what = f"task {task_spec.name!r} (hf)"
@@ -250,3 +240,36 @@ def load_hf_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
         image_size=a["image_size"],
         meta={"loader": "hf", "source": a["id"] or a["path"], "preprocess": image_args_of(a)},
     )
+
+
+HOW_TO_GET = "a <split>/<class>/<image> folder tree"
+FORMATS.register("imagefolder", disk_format("imagefolder", list_imagefolder, SCHEMA, check_args, HOW_TO_GET))
+
+
+def _cache_hub_dataset(hub_id: str) -> list[str]:
+    """Fetch a Hub dataset into the ``datasets`` cache, where the ``hf`` loader reads it."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise UserError(f"{hub_id}: HF_HUB_OFFLINE is set; unset it on a machine with a network")
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("a Hub dataset needs the datasets package: pip install datasets") from None
+    datasets.load_dataset(hub_id)
+    return [f"{hub_id} -> the datasets cache"]
+
+
+def _download_hf(task_spec: TaskSpec) -> Download | None:
+    hub_id = task_spec.args.get("id")
+    return Download(fetch=lambda: _cache_hub_dataset(str(hub_id))) if hub_id else None
+
+
+FORMATS.register(
+    "hf",
+    DatasetFormat(
+        load_hf_task,
+        check_args=check_hf_args,
+        download=_download_hf,
+        how_to_get="a HuggingFace dataset: set HF_HUB_OFFLINE=0 with a network, "
+        "or save it locally and give 'path'",
+    ),
+)

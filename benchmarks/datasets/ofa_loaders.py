@@ -34,7 +34,7 @@ from petlbench.errors import UserError
 
 from ._args import REQUIRED, check_choice, check_range, read_args
 from .ofa_tsv import TASKS, OFASample, OFATsvIndex, read_ofa_tsv
-from .registry import register_loader
+from .registry import FORMATS, DatasetFormat
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec
@@ -221,7 +221,6 @@ def read_answer_table(path: Path) -> dict[str, int]:
     return raw
 
 
-@register_loader("ofa_tsv", needs_data_root=True, check_args=check_tsv_args, generative=True)
 def load_ofa_tsv(task_spec: TaskSpec, data_root: Path | None) -> Seq2SeqTaskData:
     a = _common("ofa_tsv", read_args("ofa_tsv", task_spec.args, TSV_SCHEMA))
     assert data_root is not None
@@ -275,7 +274,6 @@ def smoke_root(a: Mapping[str, Any]) -> Path:
     return root
 
 
-@register_loader("ofa_smoke", check_args=check_smoke_args, generative=True)
 def load_ofa_smoke(task_spec: TaskSpec, data_root: Path | None) -> Seq2SeqTaskData:  # noqa: ARG001
     from petlbench.benchmarks.ofa_tasks.smoke import FILES
 
@@ -301,3 +299,9 @@ def load_ofa_smoke(task_spec: TaskSpec, data_root: Path | None) -> Seq2SeqTaskDa
             "sizes": {s: len(v) for s, v in splits.items()},
         },
     )
+
+
+FORMATS.register(
+    "ofa_tsv", DatasetFormat(load_ofa_tsv, needs_data_root=True, check_args=check_tsv_args, generative=True)
+)
+FORMATS.register("ofa_smoke", DatasetFormat(load_ofa_smoke, check_args=check_smoke_args, generative=True))

@@ -37,7 +37,7 @@ from petlbench.errors import UserError
 
 from ..data import TaskData, TensorImageDataset
 from ._args import REQUIRED, check_choice, check_range, read_args
-from .registry import register_loader
+from .registry import FORMATS, DatasetFormat
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec
@@ -265,7 +265,6 @@ def render(
     return images, labels
 
 
-@register_loader("synthetic", check_args=check_args)
 def load_synthetic(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
     """Generate a task (``data_root`` is not used: nothing is read from disk)."""
     check_args(task_spec.args)
@@ -294,3 +293,6 @@ def load_synthetic(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
             "sha256": hashes,
         },
     )
+
+
+FORMATS.register("synthetic", DatasetFormat(load_synthetic, check_args=check_args))

@@ -24,22 +24,19 @@ from typing import TYPE_CHECKING, Any
 
 from petlbench.errors import UserError
 
-from ..data import TaskData
 from ._args import REQUIRED, check_range, read_args
 from ._files import (
     IMAGE_ARGS,
     SplitListing,
     TaskListing,
-    build_task,
     check_image_args,
-    image_args_of,
+    disk_format,
     read_lines,
-    register_lister,
     require_dir,
     require_file,
     safe_relpath,
 )
-from .registry import register_loader
+from .registry import FORMATS
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec
@@ -101,7 +98,6 @@ def num_classes_of(a: Mapping[str, Any]) -> int:
     return int(a["num_classes"] if a["num_classes"] is not None else TASKS[a["task"]][1])
 
 
-@register_lister("vtab1k")
 def list_vtab1k(task_spec: TaskSpec, data_root: Path) -> TaskListing:
     a = read_args("vtab1k", task_spec.args, SCHEMA)
     root = Path(data_root) / a["folder"] / a["task"]
@@ -148,9 +144,7 @@ def list_vtab1k(task_spec: TaskSpec, data_root: Path) -> TaskListing:
     )
 
 
-@register_loader("vtab1k", needs_data_root=True, check_args=check_args)
-def load_vtab1k_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
-    a = read_args("vtab1k", task_spec.args, SCHEMA)
-    if data_root is None:  # pragma: no cover - load_task refuses first
-        raise UserError("the vtab1k loader needs --data-root")
-    return build_task(list_vtab1k(task_spec, data_root), image_args_of(a), task_spec.templates)
+HOW_TO_GET = (
+    "export the task with NOAH's data/vtab-source/get_vtab1k.py (TFDS versions: KMnP/vpt VTAB_SETUP.md)"
+)
+FORMATS.register("vtab1k", disk_format("vtab1k", list_vtab1k, SCHEMA, check_args, HOW_TO_GET))

@@ -11,7 +11,7 @@ import torch
 
 from ..data import TaskData, TensorImageDataset
 from ._args import REQUIRED, check_choice, check_range, read_args
-from .registry import register_loader
+from .registry import FORMATS, DatasetFormat
 
 if TYPE_CHECKING:
     from ..suites import TaskSpec
@@ -35,7 +35,6 @@ def check_args(args: Mapping[str, Any]) -> None:
         check_range("world", key, a[key], 0)
 
 
-@register_loader("world", check_args=check_args)
 def load_world_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
     from ..synthetic.tasks import TASKS, make_task_split
     from ..synthetic.world import WORLD_VERSION
@@ -58,3 +57,6 @@ def load_world_task(task_spec: TaskSpec, data_root: Path | None) -> TaskData:
         image_size=32,
         meta={"loader": "world", "world": WORLD_VERSION, "args": a, "sha256": hashes},
     )
+
+
+FORMATS.register("world", DatasetFormat(load_world_task, check_args=check_args))

@@ -1,38 +1,13 @@
-"""Task metrics. Every registered metric is ``fn(predictions, labels, num_classes) -> float`` in percent
-(0-100), with predictions and labels as int64 tensors of shape (N,); suite files name them by key."""
+"""Task metrics, by the name suite files give them (``registry.METRICS``): the classification
+metrics here, ``fn(predictions, labels, num_classes) -> float`` in percent (0-100) with predictions
+and labels as int64 tensors of shape (N,), and the generative ones of ``ofa.py``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from petlbench.errors import UserError
-
-Metric = Callable[[torch.Tensor, torch.Tensor, int], float]
-
-_METRICS: dict[str, Metric] = {}
-
-
-def register_metric(name: str) -> Callable[[Metric], Metric]:
-    def deco(fn: Metric) -> Metric:
-        _METRICS[name] = fn
-        return fn
-
-    return deco
-
-
-def list_metrics() -> list[str]:
-    return sorted(_METRICS)
-
-
-def get_metric(name: str) -> Metric:
-    if name not in _METRICS:
-        raise UserError(
-            f"unknown metric {name!r}; known metrics: {', '.join(list_metrics())}. Set the task's `metric` "
-            "to one of these."
-        )
-    return _METRICS[name]
+from . import ofa  # noqa: F401 - registers the generative metrics
+from .registry import METRICS, MetricEntry, get_metric
 
 
 def _as_predictions(logits_or_preds: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,14 +24,12 @@ def _as_predictions(logits_or_preds: torch.Tensor, labels: torch.Tensor) -> tupl
     return preds.cpu(), labels.cpu()
 
 
-@register_metric("accuracy")
 def accuracy(logits_or_preds: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> float:
     """Top-1 accuracy in percent."""
     preds, labels = _as_predictions(logits_or_preds, labels)
     return 100.0 * float((preds == labels).double().mean())
 
 
-@register_metric("per_class_mean_accuracy")
 def per_class_mean_accuracy(
     logits_or_preds: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None
 ) -> float:
@@ -71,6 +44,10 @@ def per_class_mean_accuracy(
     return 100.0 * float((correct[present] / support[present]).mean())
 
 
+METRICS.register("accuracy", MetricEntry(accuracy))
+METRICS.register("per_class_mean_accuracy", MetricEntry(per_class_mean_accuracy))
+
+
 def harmonic_mean(base: float, new: float) -> float:
     """Harmonic mean of base and new accuracy (CoCoOp's base-to-new summary); 0 when either is 0."""
     if base <= 0 or new <= 0:
@@ -79,11 +56,10 @@ def harmonic_mean(base: float, new: float) -> float:
 
 
 __all__ = [
-    "Metric",
+    "METRICS",
+    "MetricEntry",
     "accuracy",
     "get_metric",
     "harmonic_mean",
-    "list_metrics",
     "per_class_mean_accuracy",
-    "register_metric",
 ]

@@ -1,9 +1,8 @@
 """Metrics of OFA's four tasks (reference A5): RefCOCO Acc@0.5, SNLI-VE accuracy, VQA accuracy
 (OFA's soft score and the official ``vqaEval.py``), and the caption metrics of ``caption.py``.
 
-Unlike the classification metrics of this package these score boxes and strings, so they do not go
-in the tensor-metric registry; :data:`OFA_METRICS` maps names to ``fn(predictions, references) ->
-float`` in percent instead.
+Unlike the classification metrics of this package these score boxes and strings: they register as
+generative metrics, ``fn(predictions, references) -> float`` in percent.
 """
 
 from __future__ import annotations
@@ -11,11 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from petlbench.errors import UserError
 
 from .caption import (
     CaptionReport,
@@ -28,6 +25,7 @@ from .caption import (
     meteor_exact,
     ptb_tokenize,
 )
+from .registry import METRICS, MetricEntry
 
 Box = Sequence[float]
 
@@ -268,28 +266,16 @@ def write_vqa_results(
 
 # ----- name -> metric -----------------------------------------------------------------------------
 
-GenerativeMetric = Callable[[Sequence[Any], Sequence[Any]], float]
-
-OFA_METRICS: dict[str, GenerativeMetric] = {
-    "acc@0.5": refcoco_accuracy,
-    "snli_ve_accuracy": snli_ve_accuracy,
-    "vqa_soft_accuracy": vqa_soft_accuracy,
-    "bleu4": lambda p, r: 100.0 * bleu4(p, r),
-    "cider": lambda p, r: 100.0 * cider_d(p, r),
-    "meteor_exact": lambda p, r: 100.0 * meteor_exact(p, r),
-}
-"""``fn(predictions, references) -> percent``: boxes vs gt boxes, answers vs labels, answers vs
-answer->score dicts, captions vs reference lists (python backend, x100)."""
-
-
-def get_ofa_metric(name: str) -> GenerativeMetric:
-    if name not in OFA_METRICS:
-        raise UserError(f"unknown OFA metric {name!r}; known: {', '.join(sorted(OFA_METRICS))}")
-    return OFA_METRICS[name]
+# boxes vs gt boxes, answers vs labels, answers vs answer->score dicts, captions vs reference lists
+METRICS.register("acc@0.5", MetricEntry(refcoco_accuracy, generative=True))
+METRICS.register("snli_ve_accuracy", MetricEntry(snli_ve_accuracy, generative=True))
+METRICS.register("vqa_soft_accuracy", MetricEntry(vqa_soft_accuracy, generative=True))
+METRICS.register("bleu4", MetricEntry(lambda p, r: 100.0 * bleu4(p, r), generative=True))
+METRICS.register("cider", MetricEntry(lambda p, r: 100.0 * cider_d(p, r), generative=True))
+METRICS.register("meteor_exact", MetricEntry(lambda p, r: 100.0 * meteor_exact(p, r), generative=True))
 
 
 __all__ = [
-    "OFA_METRICS",
     "CaptionReport",
     "bleu",
     "bleu4",
@@ -298,7 +284,6 @@ __all__ = [
     "cider_d",
     "cider_d_per_caption",
     "coco_caption_unavailable",
-    "get_ofa_metric",
     "meteor_exact",
     "normalize_vqa_answer",
     "ptb_tokenize",

@@ -652,7 +652,7 @@ class _Reader:
             dupes = sorted({n for n in names if names.count(n) > 1})
             raise self.error("tasks", f"duplicate task names {dupes}; task names must be unique")
 
-        from petlbench.benchmarks.datasets import loader_entry
+        from petlbench.benchmarks.datasets import FORMATS
 
         return Suite(
             name=name,
@@ -663,7 +663,7 @@ class _Reader:
             method_protocol=method_protocol,
             tasks=tasks,
             seeds=seeds,
-            needs_data_root=any(loader_entry(t.loader).needs_data_root for t in tasks),
+            needs_data_root=any(FORMATS.get(t.loader).needs_data_root for t in tasks),
             path=str(self.path),
             sha256=hashlib.sha256(raw_bytes).hexdigest(),
             protocol_refs=protocol_refs,
@@ -679,7 +679,7 @@ class _Reader:
     def task(
         self, raw: Any, where: str, protocol: Protocol, method_protocol: Mapping[str, Mapping[str, Any]]
     ) -> TaskSpec:
-        from petlbench.benchmarks.datasets import loader_entry
+        from petlbench.benchmarks.datasets import FORMATS
         from petlbench.benchmarks.metrics import get_metric
 
         t = self.mapping(raw, where, self.TASK_KEYS)
@@ -687,7 +687,7 @@ class _Reader:
         self.task_name = name
         loader = self.string(t["loader"], f"{where}.loader")
         try:
-            entry = loader_entry(loader)
+            entry = FORMATS.get(loader)
         except UserError as err:
             raise self.error(f"{where}.loader", str(err)) from None
         args = dict(self.mapping(t.get("args", {}), f"{where}.args"))
@@ -698,12 +698,7 @@ class _Reader:
                 raise self.error(f"{where}.args", str(err)) from None
         metric = self.string(t.get("metric", "accuracy"), f"{where}.metric")
         try:
-            if entry.generative:
-                from petlbench.benchmarks.metrics.ofa import get_ofa_metric
-
-                get_ofa_metric(metric)
-            else:
-                get_metric(metric)
+            get_metric(metric, generative=entry.generative)
         except UserError as err:
             raise self.error(f"{where}.metric", str(err)) from None
         templates = TaskSpec.templates

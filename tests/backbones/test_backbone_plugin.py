@@ -52,7 +52,7 @@ def _site(tmp_path):
 def _bench(site, *args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(site), "COLUMNS": "250"}
     return subprocess.run(
-        [sys.executable, "-m", "petlbench.harness.cli", *args],
+        [sys.executable, "-m", "petlbench.cli", *args],
         capture_output=True,
         text=True,
         env=env,

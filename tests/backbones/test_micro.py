@@ -122,7 +122,7 @@ def test_rerunning_the_shipped_pretraining_reproduces_its_metrics(tmp_path, name
 @needs_weights
 def test_linear_probe_on_micro_vit_beats_the_same_architecture_with_random_weights(tmp_path):
     """What pretraining on the world bought: the same probe, the same data, pretrained vs random."""
-    from petlbench.harness.cli import main
+    from petlbench.cli import main
     from petlbench.harness.store import Store
 
     args = ["run", "--method", "linear", "--suite", "mini", "--backbone", "micro-vit", "--tasks", "count"]

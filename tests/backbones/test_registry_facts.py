@@ -116,7 +116,11 @@ def test_vit_b16_augreg_architecture_equals_timm(vit_b16_augreg):
 
 
 def test_plugin_entries_declare_no_facts_and_still_build(monkeypatch):
+    from importlib.metadata import entry_points
+
     import petlbench.backbones.registry as registry
+    import petlbench.registry
+    from petlbench.registry import Registry
 
     class FakeEntryPoint:
         name = "my-plugin"
@@ -125,12 +129,20 @@ def test_plugin_entries_declare_no_facts_and_still_build(monkeypatch):
         def load(self):
             return lambda pretrained: registry.build_backbone("tiny-vit", pretrained)
 
-    real = registry.entry_points
-    monkeypatch.setattr(registry, "entry_points", lambda group: [*real(group=group), FakeEntryPoint()])
+    def fresh_registry(found):
+        """The backbone registry as a process that finds ``found`` in the group would read it."""
+        monkeypatch.setattr(petlbench.registry, "entry_points", lambda group: found)
+        monkeypatch.setattr(
+            registry,
+            "BACKBONES",
+            Registry("backbone", entry_point_group=registry.GROUP, from_entry_point=registry.entry_of),
+        )
+
+    fresh_registry([*entry_points(group=registry.GROUP), FakeEntryPoint()])
     entry = registry.backbone_entries()["my-plugin"]
     assert entry.kind == "plugin" and not entry.declared and entry.normalization() is None
     assert set(entry.facts().values()) == {None}
     assert build_backbone("my-plugin", pretrained=False).image_size == 32
-    monkeypatch.setattr(registry, "entry_points", lambda group: [FakeEntryPoint()])
+    fresh_registry([FakeEntryPoint()])
     with pytest.raises(UserError, match="no built-in backbones are registered"):
         registry.backbone_entries()  # a stale install: one line, not an empty registry

@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petlbench.benchmarks.datasets import load_task
+from petlbench.benchmarks.datasets import Archive, coop, load_task
 from petlbench.benchmarks.suites import load_suite
+from petlbench.cli import main, output
 from petlbench.errors import UserError
-from petlbench.harness import commands
 from petlbench.harness import data_download as dl
-from petlbench.harness.cli import main
 
 VARIANTS = ["707-320", "A300B4", "Cessna 172"]
 
@@ -60,10 +59,8 @@ def served(tmp_path, monkeypatch):
     """The Aircraft archive behind a file:// address in place of the original site's."""
     (tmp_path / "served").mkdir()
     archive = _aircraft_archive(tmp_path / "served" / "fgvc-aircraft-2013b.tar.gz")
-    real = dl.COOP_ARCHIVES["FGVCAircraft"][0]
-    monkeypatch.setitem(
-        dl.COOP_ARCHIVES, "FGVCAircraft", (dl.Archive(archive.as_uri(), real.dest, real.strip),)
-    )
+    real = coop.ARCHIVES["FGVCAircraft"][0]
+    monkeypatch.setitem(coop.ARCHIVES, "FGVCAircraft", (Archive(archive.as_uri(), real.dest, real.strip),))
     return archive
 
 
@@ -89,11 +86,11 @@ def test_download_unpacks_into_the_coop_layout_and_the_loader_reads_it(tmp_path,
 
 
 def test_an_unreachable_address_is_one_line_and_the_by_hand_source(tmp_path, monkeypatch, capsys):
-    gone = dl.Archive((tmp_path / "nowhere.tar.gz").as_uri(), "fgvc_aircraft", "fgvc-aircraft-2013b/data")
-    monkeypatch.setitem(dl.COOP_ARCHIVES, "FGVCAircraft", (gone,))
+    gone = Archive((tmp_path / "nowhere.tar.gz").as_uri(), "fgvc_aircraft", "fgvc-aircraft-2013b/data")
+    monkeypatch.setitem(coop.ARCHIVES, "FGVCAircraft", (gone,))
     root = tmp_path / "data"
     root.mkdir()
-    monkeypatch.setattr(commands.out, "width", 400)  # one table row per line
+    monkeypatch.setattr(output.out, "width", 400)  # one table row per line
     args = ["data", "prepare", "--suite", "fewshot11", "--data-root", str(root), "--tasks", "fgvc_aircraft"]
     code = main([*args, "--download"])
     captured = capsys.readouterr()
@@ -104,7 +101,7 @@ def test_an_unreachable_address_is_one_line_and_the_by_hand_source(tmp_path, mon
 
 
 def test_a_pinned_hash_that_differs_is_refused(tmp_path, served):
-    bad = dl.Archive(served.as_uri(), "fgvc_aircraft", "fgvc-aircraft-2013b/data", sha256="0" * 64)
+    bad = Archive(served.as_uri(), "fgvc_aircraft", "fgvc-aircraft-2013b/data", sha256="0" * 64)
     with pytest.raises(UserError, match="expected 0000"):
         dl.fetch(bad, tmp_path / "downloads")
 
@@ -114,12 +111,12 @@ def test_members_that_would_escape_the_data_folder_are_refused(tmp_path):
     with tarfile.open(evil, "w:gz") as tar:
         _add(tar, "../outside.txt", b"x")
     with pytest.raises(UserError, match="outside the data folder"):
-        dl.unpack(evil, dl.Archive(evil.as_uri(), "d"), tmp_path / "root")
+        dl.unpack(evil, Archive(evil.as_uri(), "d"), tmp_path / "root")
     zipped = tmp_path / "evil.zip"
     with zipfile.ZipFile(zipped, "w") as zf:
         zf.writestr("/etc/passwd", "x")
     with pytest.raises(UserError, match="outside the data folder"):
-        dl.unpack(zipped, dl.Archive(zipped.as_uri(), "d"), tmp_path / "root")
+        dl.unpack(zipped, Archive(zipped.as_uri(), "d"), tmp_path / "root")
     assert not (tmp_path / "outside.txt").exists()
 
 
@@ -127,17 +124,17 @@ def test_zip_and_plain_files_land_in_the_destination(tmp_path):
     zipped = tmp_path / "EuroSAT.zip"
     with zipfile.ZipFile(zipped, "w") as zf:
         zf.writestr("2750/Forest/Forest_1.jpg", _jpeg(1))
-    dl.unpack(zipped, dl.Archive(zipped.as_uri(), "eurosat"), tmp_path / "root")
+    dl.unpack(zipped, Archive(zipped.as_uri(), "eurosat"), tmp_path / "root")
     assert (tmp_path / "root" / "eurosat" / "2750" / "Forest" / "Forest_1.jpg").stat().st_size > 0
     labels = tmp_path / "imagelabels.mat"
     labels.write_bytes(b"MATLAB")
-    dl.unpack(labels, dl.Archive(labels.as_uri(), "oxford_flowers"), tmp_path / "root")
+    dl.unpack(labels, Archive(labels.as_uri(), "oxford_flowers"), tmp_path / "root")
     assert (tmp_path / "root" / "oxford_flowers" / "imagelabels.mat").read_bytes() == b"MATLAB"
 
 
 def test_every_listed_source_is_a_fewshot11_dataset_and_hub_tasks_stay_offline(monkeypatch):
     names = {str(t.args.get("dataset")) for t in load_suite("fewshot11").tasks}
-    assert set(dl.COOP_ARCHIVES) <= names
+    assert set(coop.ARCHIVES) <= names
     task = load_suite("fewshot11").task("fgvc_aircraft")
     assert dl.can_download(task)
     hub = type(task)(name="h", loader="hf", args={"id": "someone/some-set"})
@@ -166,7 +163,7 @@ def _info(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
 
 
 def _unpack(path: Path, root: Path, strip: str = "") -> Path:
-    return dl.unpack(path, dl.Archive(path.as_uri(), "d", strip), root)
+    return dl.unpack(path, Archive(path.as_uri(), "d", strip), root)
 
 
 def _noise(n: int, seed: int = 0) -> bytes:

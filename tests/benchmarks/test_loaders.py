@@ -20,8 +20,8 @@ from petlbench.benchmarks.datasets import load_task
 from petlbench.benchmarks.datasets._files import FileImageDataset, tf_bilinear_resize
 from petlbench.benchmarks.fewshot import few_shot_splits, read_index
 from petlbench.benchmarks.suites import TaskSpec, load_suite
+from petlbench.cli import main
 from petlbench.errors import UserError
-from petlbench.harness.cli import main
 
 PETS = ["Abyssinian", "beagle", "Bengal", "boxer"]
 

@@ -6,6 +6,7 @@ import random
 import pytest
 
 from petlbench.benchmarks.metrics import caption as caption_mod
+from petlbench.benchmarks.metrics import get_metric
 from petlbench.benchmarks.metrics.ofa import (
     bleu,
     bleu4,
@@ -13,7 +14,6 @@ from petlbench.benchmarks.metrics.ofa import (
     caption_scores,
     cider_d,
     cider_d_per_caption,
-    get_ofa_metric,
     meteor_exact,
     normalize_vqa_answer,
     ptb_tokenize,
@@ -58,9 +58,17 @@ def test_refcoco_accuracy_threshold_epsilon_and_missing_predictions():
 
 def test_snli_ve_accuracy():
     assert snli_ve_accuracy(["yes", "no ", "maybe"], ["yes", "no", "no"]) == pytest.approx(200 / 3)
-    assert get_ofa_metric("snli_ve_accuracy")(["maybe"], ["maybe"]) == 100.0
-    with pytest.raises(UserError, match="unknown OFA metric"):
-        get_ofa_metric("nope")
+    assert get_metric("snli_ve_accuracy", generative=True)(["maybe"], ["maybe"]) == 100.0
+    with pytest.raises(UserError, match="unknown metric 'nope'; known metrics: acc@0.5, accuracy, bleu4"):
+        get_metric("nope", generative=True)
+    with pytest.raises(
+        UserError,
+        match=r"metric 'accuracy' does not score a sequence-to-sequence task; known sequence-to-sequence "
+        r"metrics: acc@0.5, bleu4, cider, meteor_exact, snli_ve_accuracy, vqa_soft_accuracy$",
+    ):
+        get_metric("accuracy", generative=True)
+    with pytest.raises(UserError, match="metric 'bleu4' does not score a classification task"):
+        get_metric("bleu4")
 
 
 # ----- VQA ----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from petlbench.benchmarks.suites import load_suite
-from petlbench.harness.cli import main
+from petlbench.cli import main
 from petlbench.harness.store import Store
 
 SMOKE = load_suite("smoke")
@@ -73,7 +73,7 @@ def _bench(*args, env_extra=None, cwd=None):
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "petlbench.harness.cli", *args],
+        [sys.executable, "-m", "petlbench.cli", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -198,3 +198,17 @@ def test_show_plots_adapt_context_lengths_and_refuses_methods_without_a_figure(t
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in capsys.readouterr().err
     code = main(["show", runs["zeroshot"][:10], "--store", str(tmp_path / "s.sqlite"), "--plot", str(png)])
     assert code == 2 and "has no figure" in capsys.readouterr().err
+
+
+def test_every_verb_of_the_parser_has_its_module_and_function():
+    """`main` finds each verb's ``cmd_<verb>`` in the module VERBS names, and VERBS names no verb the
+    parser lacks."""
+    import importlib
+
+    from petlbench.cli import VERBS
+    from petlbench.cli.parser import build_parser
+
+    (sub,) = build_parser()._subparsers._group_actions  # the one verb argument
+    assert sorted(sub.choices) == sorted(VERBS)
+    for verb, module in VERBS.items():
+        assert callable(getattr(importlib.import_module(f"petlbench.cli.{module}"), f"cmd_{verb}"))

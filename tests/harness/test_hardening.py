@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from petlbench.harness.cli import main
+from petlbench.cli import main
 from petlbench.harness.spec import RunSpec
 from petlbench.harness.store import SCHEMA_VERSION, Store
 
@@ -250,7 +250,7 @@ def test_two_concurrent_runs_of_one_spec_train_it_once(tmp_path):
     argv = [
         sys.executable,
         "-m",
-        "petlbench.harness.cli",
+        "petlbench.cli",
         *RUN,
         "--method",
         "vpt",

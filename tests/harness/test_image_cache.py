@@ -19,9 +19,9 @@ from PIL import Image
 
 from petlbench.benchmarks.datasets import load_task
 from petlbench.benchmarks.suites import TaskSpec
+from petlbench.cli import main
 from petlbench.errors import UserError
 from petlbench.harness import image_cache as ic
-from petlbench.harness.cli import main
 from petlbench.harness.data import iter_pixels, materialize
 from petlbench.harness.image_cache import CachedImageDataset, ImageCache, source_of
 

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from petlbench.benchmarks.datasets import list_task
 from petlbench.benchmarks.suites import TaskSpec
+from petlbench.cli import main, output
 from petlbench.errors import UserError
-from petlbench.harness import commands, leakage
-from petlbench.harness.cli import main
-from petlbench.harness.data_check import MANIFEST_NAME, list_task
+from petlbench.harness import leakage
+from petlbench.harness.manifest import MANIFEST_NAME
 
 SUITE = """\
 name: leaky
@@ -116,7 +117,7 @@ def test_find_leakage_reports_duplicates_and_overlaps_by_path_and_content(tmp_pa
 def test_data_check_reports_the_duplicate_and_the_overlap_and_fails(
     tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    monkeypatch.setattr(commands.out, "width", 400)  # one table row per line
+    monkeypatch.setattr(output.out, "width", 400)  # one table row per line
     root = _replica(tmp_path / "data", leaky=True)
     args = ["data", "check", "--suite", str(_suite(tmp_path)), "--data-root", str(root)]
     assert main(args) == 1

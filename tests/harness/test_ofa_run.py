@@ -10,7 +10,7 @@ import torch
 
 from petlbench.benchmarks.metrics.caption import FALLBACK_DEVIATION, coco_caption_unavailable
 from petlbench.benchmarks.suites import load_suite
-from petlbench.harness.cli import main
+from petlbench.cli import main
 from petlbench.harness.store import Store
 
 TASKS = ("refcoco", "snli_ve", "caption", "vqa")

@@ -2,7 +2,7 @@
 
 import torch
 
-from petlbench.harness.cli import main
+from petlbench.cli import main
 from petlbench.harness.memory import PeakMemory
 from petlbench.harness.perf import measure_perf
 

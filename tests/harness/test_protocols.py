@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from petlbench.benchmarks.suites import SCHEDULES, load_suite
+from petlbench.cli import main
+from petlbench.cli.leaderboard import installed_suite
 from petlbench.errors import UserError
-from petlbench.harness.cli import main
 from petlbench.harness.executors import RunDone
 from petlbench.harness.plan import describe_plan, plan_runs
 from petlbench.harness.sweep import run_sweep
@@ -447,7 +448,7 @@ def test_a_run_stores_its_deviations_and_the_leaderboard_shows_them(tmp_path, ca
     assert [d["id"] for d in record.result["deviations"]] == ["user-epochs"]
     assert record.spec.protocol_source["epochs"] == "user"
     export_store(store, tmp_path / "records")
-    doc = build_leaderboard(load_records(tmp_path / "records"), [])
+    doc = build_leaderboard(load_records(tmp_path / "records"), [], suites=installed_suite)
     (row,) = doc["rows"]
     assert [d["id"] for d in row["deviations"]] == ["user-epochs"]
     assert [d["id"] for d in doc["entries"][0]["deviations"]] == ["user-epochs"]

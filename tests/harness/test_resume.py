@@ -8,7 +8,7 @@ import sys
 import time
 
 from petlbench.benchmarks.suites import load_suite
-from petlbench.harness.cli import main
+from petlbench.cli import main
 from petlbench.harness.store import Store
 
 TASK = load_suite("smoke").tasks[0].name
@@ -35,7 +35,7 @@ ARGS = [
 def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     killed_store = tmp_path / "killed" / "s.sqlite"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "petlbench.harness.cli", *ARGS, "--store", str(killed_store)],
+        [sys.executable, "-m", "petlbench.cli", *ARGS, "--store", str(killed_store)],
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from petlbench.harness.cli import main
+from petlbench.cli import main
 from petlbench.harness.show import format_point, grid_point, sparkline, summary_lines
 from petlbench.harness.store import Store
 from petlbench.methods.registry import get_method, method_options

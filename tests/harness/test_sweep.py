@@ -82,7 +82,7 @@ def test_killed_driver_loses_nothing_finished(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "petlbench.harness.cli",
+        "petlbench.cli",
         "sweep",
         "--methods",
         "vpt,linear",
@@ -186,7 +186,7 @@ def test_a_killed_ray_worker_is_retried_and_each_spec_is_stored_once(tmp_path, r
 
 
 def test_ray_executor_without_ray_is_one_line(tmp_path, monkeypatch, capsys):
-    from petlbench.harness.cli import main
+    from petlbench.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     args = ["sweep", "--methods", "linear", "--suite", "smoke", "--executor", "ray"]

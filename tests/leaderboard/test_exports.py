@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
-from types import SimpleNamespace
 
 import pytest
-from test_leaderboard import sample_records  # the leaderboard tests' records (same folder)
+from test_leaderboard import fake_suites, sample_records  # the leaderboard tests' helpers (same folder)
 
-from petlbench.harness.cli import main
+from petlbench.cli import main
+from petlbench.cli.leaderboard import installed_suite
 from petlbench.leaderboard.build import OUTPUTS, build, build_leaderboard, check
 from petlbench.leaderboard.records import write_records
 from petlbench.leaderboard.render import CSV_HEADER, PLOT_COLUMNS, render_csv, render_plot
@@ -23,7 +23,7 @@ def _lines(text: str) -> list[dict[str, str]]:
 
 
 def test_csv_has_one_line_per_cell_and_per_entry_average():
-    doc = build_leaderboard(sample_records(), [])
+    doc = build_leaderboard(sample_records(), [], suites=installed_suite)
     lines = _lines(render_csv(doc))
     cells = [x for x in lines if x["kind"] == "cell"]
     assert len(cells) == len(doc["rows"]) == 4
@@ -58,35 +58,25 @@ def test_csv_has_one_line_per_cell_and_per_entry_average():
 
 def test_build_writes_the_csv_and_check_compares_it(tmp_path):
     write_records(sample_records(), tmp_path / "records")
-    doc = build(tmp_path / "records", tmp_path / "lb")
+    doc = build(tmp_path / "records", tmp_path / "lb", suites=installed_suite)
     assert "leaderboard.csv" in OUTPUTS
     text = (tmp_path / "lb" / "leaderboard.csv").read_text()
     assert text == render_csv(doc) and text.splitlines()[0] == ",".join(CSV_HEADER)
-    assert check(tmp_path / "records", tmp_path / "lb") == []
+    assert check(tmp_path / "records", tmp_path / "lb", suites=installed_suite) == []
     (tmp_path / "lb" / "leaderboard.csv").write_text(text.replace("50.0", "51.0"))
-    assert check(tmp_path / "records", tmp_path / "lb") == ["leaderboard.csv"]
+    assert check(tmp_path / "records", tmp_path / "lb", suites=installed_suite) == ["leaderboard.csv"]
 
 
 @pytest.fixture
-def ungrouped(monkeypatch):
+def ungrouped():
     """The smoke suite's tasks without groups: the headline is the mean over tasks, never null here."""
-    import petlbench.leaderboard.build as lb
-
-    names = ["colors", "shapes", "position"]
-    fake = SimpleNamespace(
-        version="2",
-        task_names=names,
-        tasks=[SimpleNamespace(name=t, group=None) for t in names],
-        task=lambda name: name,
-        protocol_for=lambda task, method: SimpleNamespace(to_dict=lambda: {}),
-    )
-    monkeypatch.setattr(lb, "_load_suite", lambda name: fake)
+    return fake_suites(dict.fromkeys(["colors", "shapes", "position"]))
 
 
 @pytest.mark.parametrize(("x", "y"), [("params", "accuracy"), ("gmacs", "accuracy"), ("memory", "params")])
 def test_bench_leaderboard_plot_takes_any_two_columns(tmp_path, capsys, ungrouped, x, y):
     write_records(sample_records(), tmp_path / "records")
-    build(tmp_path / "records", tmp_path / "lb")
+    build(tmp_path / "records", tmp_path / "lb", suites=ungrouped)
     out = tmp_path / "plot.svg"
     lb = str(tmp_path / "lb" / "leaderboard.json")
     assert main(["leaderboard", "plot", "--leaderboard", lb, "--out", str(out), "--x", x, "--y", y]) == 0
@@ -100,12 +90,12 @@ def test_bench_leaderboard_plot_takes_any_two_columns(tmp_path, capsys, ungroupe
 
 def test_plot_png_no_data_and_bad_input(tmp_path, capsys):
     write_records(sample_records(), tmp_path / "records")
-    build(tmp_path / "records", tmp_path / "lb")
+    build(tmp_path / "records", tmp_path / "lb", suites=installed_suite)
     lb = str(tmp_path / "lb" / "leaderboard.json")
     assert main(["leaderboard", "plot", "--leaderboard", lb, "--out", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # speed ratio is recorded by nobody yet: the panel says so instead of plotting nothing silently
-    doc = build_leaderboard(sample_records(), [])
+    doc = build_leaderboard(sample_records(), [], suites=installed_suite)
     assert b"no entry has both speed-ratio and accuracy" in render_plot(doc, "speed-ratio", "accuracy")["svg"]
     assert render_plot(doc, "gmacs", "accuracy") == render_plot(doc, "gmacs", "accuracy")  # deterministic
     capsys.readouterr()

@@ -12,11 +12,14 @@ import statistics
 
 import pytest
 
-from petlbench.harness.cli import main
+from petlbench.cli import main
+from petlbench.cli.leaderboard import installed_suite
 from petlbench.harness.spec import RunSpec
 from petlbench.harness.store import Store
 from petlbench.leaderboard.build import (
     OUTPUTS,
+    InstalledSuite,
+    SuiteLookup,
     build,
     build_leaderboard,
     check,
@@ -54,6 +57,13 @@ CONFIG = {
     "tower": "image",
 }
 FGSM = {"epsilons": [1 / 255, 2 / 255, 4 / 255, 8 / 255], "max_examples": 500}
+
+
+def fake_suites(groups: dict[str, str | None]) -> SuiteLookup:
+    """A suite lookup in which every suite is installed as version 2 with these tasks (in this order)
+    and groups, and an empty protocol (so a reproduce command names every protocol field)."""
+    suite = InstalledSuite("2", tuple(groups), dict(groups), lambda task, method: {})
+    return lambda name: suite
 
 
 def make_record(
@@ -139,7 +149,7 @@ def sample_records() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def doc() -> dict:
-    return build_leaderboard(sample_records(), load_reported())
+    return build_leaderboard(sample_records(), load_reported(), suites=installed_suite)
 
 
 def _row(doc: dict, task: str, method: str = "vpt") -> dict:
@@ -210,7 +220,7 @@ def test_selection_picks_the_best_selection_score_not_the_best_test_score():
         make_record("colors", 1, 90.0, selection=10.0, protocol={"lr": 0.5}),
         make_record("colors", 1, 50.0, selection=60.0, protocol={"lr": 0.01}),
     ]
-    doc = build_leaderboard(records)
+    doc = build_leaderboard(records, suites=installed_suite)
     assert len(doc["rows"]) == 2
     (entry,) = doc["entries"]
     assert entry["average"]["mean"] == 50.0
@@ -219,32 +229,17 @@ def test_selection_picks_the_best_selection_score_not_the_best_test_score():
 
 
 def test_rows_link_to_runs_and_the_reproduce_command_recreates_the_same_run_ids(doc):
-    from petlbench.benchmarks.suites import load_suite
-    from petlbench.harness.arguments import assignments as _assignments
-    from petlbench.harness.arguments import epsilons as _epsilons
-    from petlbench.harness.arguments import seed_list as _seeds
-    from petlbench.harness.cli import build_parser
-    from petlbench.harness.plan import plan_runs
+    from petlbench.cli.parser import build_parser
+    from petlbench.cli.plan import planned
     from petlbench.methods.registry import get_method
 
     config = get_method("vpt")({"num_tokens": 3}).config_dict()
     records = [make_record("shapes", s, 50.0 + s, config=config, protocol={"lr": 0.05}) for s in (1, 2)]
-    row = build_leaderboard(records)["rows"][0]
+    row = build_leaderboard(records, suites=installed_suite)["rows"][0]
     assert sorted(r["run_id"] for r in row["runs"]) == sorted(r["run_id"] for r in records)
     argv = shlex.split(row["reproduce"])
     assert argv[:2] == ["bench", "run"] and "--protocol" in argv and "lr=0.05" in argv
-    args = build_parser().parse_args(argv[1:])
-    specs, _ = plan_runs(
-        args.method,
-        load_suite(args.suite),
-        backbones=[args.backbone],
-        tasks=[args.tasks],
-        seeds=_seeds(args.seeds),
-        method_config=_assignments(args.method_options, "--set"),
-        protocol_overrides=_assignments(args.protocol_options, "--protocol"),
-        pretrained=not args.random_init,
-        measure={"fgsm": {"epsilons": _epsilons(args.fgsm_eps), "max_examples": args.fgsm_examples}},
-    )
+    _, specs = planned(build_parser().parse_args(argv[1:]))  # the planning of `bench run`
     assert sorted(s.run_id for s in specs) == sorted(r["run_id"] for r in records)
 
 
@@ -253,7 +248,7 @@ def test_rows_link_to_runs_and_the_reproduce_command_recreates_the_same_run_ids(
 
 def test_schema_validates_a_built_leaderboard_and_rejects_a_broken_one(doc):
     validate(doc)
-    validate(build_leaderboard([]))
+    validate(build_leaderboard([], suites=installed_suite))
     broken = copy.deepcopy(doc)
     del broken["schema_version"]
     with pytest.raises(Exception, match="schema_version"):
@@ -278,12 +273,12 @@ def test_reported_rows_are_marked_and_rendered(doc):
 def test_build_is_deterministic_and_independent_of_record_order(tmp_path):
     records = sample_records()
     write_records(records, tmp_path / "records")
-    build(tmp_path / "records", tmp_path / "a")
+    build(tmp_path / "records", tmp_path / "a", suites=installed_suite)
     shuffled = records[:]
     random.Random(0).shuffle(shuffled)
     (tmp_path / "records2").mkdir()
     (tmp_path / "records2" / "smoke.jsonl").write_text("".join(record_line(r) + "\n" for r in shuffled))
-    build(tmp_path / "records2", tmp_path / "b")
+    build(tmp_path / "records2", tmp_path / "b", suites=installed_suite)
     for name in OUTPUTS:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     text = (tmp_path / "a" / "leaderboard.json").read_text()
@@ -302,7 +297,7 @@ def test_an_empty_records_folder_is_refused_and_an_empty_leaderboard_still_rende
         assert main(argv) == 2
         assert "no run records in" in capsys.readouterr().err
     assert not (tmp_path / "lb").exists()
-    doc = build_leaderboard([])
+    doc = build_leaderboard([], suites=installed_suite)
     validate(doc)
     files = render_all(doc)
     assert sorted(files) == sorted(OUTPUTS) and b"No measured results yet" in files["leaderboard.md"]
@@ -311,32 +306,32 @@ def test_an_empty_records_folder_is_refused_and_an_empty_leaderboard_still_rende
 def test_stale_committed_files_make_check_fail(tmp_path, capsys):
     records, committed = tmp_path / "records", tmp_path / "committed"
     write_records(sample_records()[:4], records)
-    build(records, committed)
-    assert check(records, committed) == []
+    build(records, committed, suites=installed_suite)
+    assert check(records, committed, suites=installed_suite) == []
     # a new record that was never built into the committed files
     write_records(sample_records(), records)
-    differ = check(records, committed)
+    differ = check(records, committed, suites=installed_suite)
     assert "leaderboard.json" in differ and "leaderboard.md" in differ and "index.html" in differ
     capsys.readouterr()
     assert main(["leaderboard", "check", "--records", str(records), "--dir", str(committed)]) == 1
     err = capsys.readouterr().err
     assert "leaderboard check failed" in err and "leaderboard.json" in err
     # rebuilding fixes it; deleting or hand-editing a committed file breaks it again
-    build(records, committed)
-    assert check(records, committed) == []
+    build(records, committed, suites=installed_suite)
+    assert check(records, committed, suites=installed_suite) == []
     (committed / "pareto.png").unlink()
-    assert check(records, committed) == ["pareto.png (missing)"]
-    build(records, committed)
+    assert check(records, committed, suites=installed_suite) == ["pareto.png (missing)"]
+    build(records, committed, suites=installed_suite)
     edited = json.loads((committed / "leaderboard.json").read_text())
     edited["rows"][0]["mean"] = 99.0
     (committed / "leaderboard.json").write_text(json.dumps(edited, sort_keys=True, indent=1) + "\n")
-    assert check(records, committed) == ["leaderboard.json"]
+    assert check(records, committed, suites=installed_suite) == ["leaderboard.json"]
 
 
 def test_check_fails_on_a_committed_leaderboard_that_breaks_the_schema(tmp_path, capsys):
     records, committed = tmp_path / "records", tmp_path / "committed"
     write_records(sample_records()[:2], records)
-    build(records, committed)
+    build(records, committed, suites=installed_suite)
     bad = json.loads((committed / "leaderboard.json").read_text())
     bad["schema_version"] = "0.1"
     (committed / "leaderboard.json").write_text(json.dumps(bad))
@@ -423,7 +418,7 @@ def _highlight_doc() -> dict:
     for r in records:
         if r["spec"]["method"] == "linear":
             r["result"]["parameters"].update({"method": 0, "with_head": 390, "percent_of_backbone": 0.0})
-    return build_leaderboard(records, load_reported())
+    return build_leaderboard(records, load_reported(), suites=installed_suite)
 
 
 def test_best_value_per_column_is_highlighted_in_both_directions():
@@ -498,21 +493,11 @@ def test_html_page_in_headless_chromium_collapses_per_task_highlights_best_and_s
         browser.close()
 
 
-def test_base_to_new_harmonic_mean_and_unknown_suites(monkeypatch):
-    from types import SimpleNamespace
-
+def test_base_to_new_harmonic_mean_and_unknown_suites():
     import petlbench.leaderboard.build as lb
 
-    tasks = [SimpleNamespace(name="colors", group="base"), SimpleNamespace(name="shapes", group="new")]
-    fake = SimpleNamespace(
-        version="2",
-        task_names=["colors", "shapes"],
-        tasks=tasks,
-        task=lambda name: name,
-        protocol_for=lambda task, method: SimpleNamespace(to_dict=lambda: {}),
-    )
-    monkeypatch.setattr(lb, "_load_suite", lambda name: fake)
-    doc = build_leaderboard([make_record("colors", 1, 80.0), make_record("shapes", 1, 60.0)])
+    base_new = fake_suites({"colors": "base", "shapes": "new"})
+    doc = build_leaderboard([make_record("colors", 1, 80.0), make_record("shapes", 1, 60.0)], suites=base_new)
     (entry,) = doc["entries"]
     assert entry["base_new_hm"] == pytest.approx(2 * 80 * 60 / 140, rel=1e-5)
     assert entry["average_of_groups"] == 70.0
@@ -524,8 +509,7 @@ def test_base_to_new_harmonic_mean_and_unknown_suites(monkeypatch):
     def missing(name):
         raise lb.UserError(f"no suite {name!r}")
 
-    monkeypatch.setattr(lb, "_load_suite", missing)
-    doc = build_leaderboard([make_record("colors", 1, 80.0)])
+    doc = build_leaderboard([make_record("colors", 1, 80.0)], suites=missing)
     assert doc["notes"] and "not installed" in doc["notes"][0]
     assert doc["entries"][0]["groups"] == [] and doc["entries"][0]["base_new_hm"] is None
     validate(doc)
@@ -548,14 +532,14 @@ def test_rows_and_entries_say_how_many_search_trials_were_spent():
     # A second setting of `shapes`, compared with the first on the selection split: one more trial.
     records += [make_record("shapes", 1, 70.0, selection=60.0)]
     records += [make_record("shapes", 1, 75.0, selection=50.0, protocol={"lr": 0.5})]
-    doc = build_leaderboard(records, [])
+    doc = build_leaderboard(records, [], suites=installed_suite)
     validate(doc)
     colors = _row(doc, "colors")
     assert colors["search"]["trials"] == 3 and colors["search"]["chosen"] == {"lr": 0.1}
     shapes = [r for r in doc["rows"] if r["task"] == "shapes"]
     assert all(r["search"] is None for r in shapes)
     assert _entry(doc)["search_trials"] == 3 + 1
-    text = build_leaderboard([make_record("colors", 1, 50.0)], [])
+    text = build_leaderboard([make_record("colors", 1, 50.0)], [], suites=installed_suite)
     assert text["entries"][0]["search_trials"] == 0
 
 
@@ -582,13 +566,13 @@ def test_selection_uses_only_search_trial_scores_never_a_final_runs_poisoned_val
 
     # The worse cell's final runs claim a perfect val200 score: poison that must be ignored.
     records = cell(0.1, 80.0, 10.0, 60.0) + cell(0.5, 40.0, 100.0, 90.0)
-    doc = build_leaderboard(records, [])
+    doc = build_leaderboard(records, [], suites=installed_suite)
     validate(doc)
     (chosen,) = [r for r in doc["rows"] if r["selected"]]
     assert chosen["spec"]["protocol"]["lr"] == 0.1 and chosen["selection_source"] == "search trials"
     assert _entry(doc)["average"]["mean"] == 60.0
     # Without a search, a final run that trained on the selection split has no selection score.
-    (row,) = build_leaderboard([make_record("colors", 1, 50.0, selection=99.0, protocol=trainval)], [])[
-        "rows"
-    ]
+    (row,) = build_leaderboard(
+        [make_record("colors", 1, 50.0, selection=99.0, protocol=trainval)], [], suites=installed_suite
+    )["rows"]
     assert row["selection_mean"] is None and row["selection_source"].startswith("none")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from petlbench.cli import main
+from petlbench.cli.leaderboard import installed_suite
 from petlbench.errors import UserError
-from petlbench.harness.cli import main
 from petlbench.leaderboard.build import build, load_perf
 
 RECORDS = Path(__file__).resolve().parents[2] / "leaderboard" / "records" / "mini.jsonl"
@@ -37,7 +38,7 @@ def test_perf_pass_writes_one_line_per_cell_and_the_build_shows_it(tmp_path, cap
     assert bitfit["x_plain"] == bitfit["method_step_ms"] / bitfit["plain_step_ms"]
     assert zeroshot["x_plain"] is None and "trains nothing" in zeroshot["note"]
     assert "[2/2] bitfit on micro-vit: " in capsys.readouterr().out
-    doc = build(records, tmp_path / "board")
+    doc = build(records, tmp_path / "board", suites=installed_suite)
     rows = {(r["method"], r["backbone"]): r for r in doc["rows"]}
     measured = pytest.approx(bitfit["x_plain"], rel=1e-5)
     assert rows[("bitfit", "micro-vit")]["efficiency"]["speed_ratio"] == measured

@@ -6,12 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-from types import SimpleNamespace
 
 import pytest
-from test_leaderboard import make_record  # the leaderboard tests' record builder (same folder)
+from test_leaderboard import fake_suites, make_record  # the leaderboard tests' helpers (same folder)
 
-import petlbench.leaderboard.build as lb
+from petlbench.cli.leaderboard import installed_suite
 from petlbench.leaderboard.build import build_leaderboard, ci95, ci_ranks, t_quantile, validate
 from petlbench.leaderboard.render import average_table, fmt_rank, render_csv, task_table
 
@@ -67,7 +66,7 @@ def _three_methods() -> list[dict]:
 
 
 def test_rows_carry_ci95_and_tied_ranks_per_task():
-    doc = build_leaderboard(_three_methods(), [])
+    doc = build_leaderboard(_three_methods(), [], suites=installed_suite)
     validate(doc)
     rows = {r["method"]: r for r in doc["rows"]}
     vpt, bitfit, linear = rows["vpt"], rows["bitfit"], rows["linear"]
@@ -80,27 +79,15 @@ def test_rows_carry_ci95_and_tied_ranks_per_task():
     assert ranks == {"vpt": "=1", "bitfit": "=1", "linear": "3"}
     assert "[78.52, 83.48]" in [row[table.header.index("95% CI")] for row in table.rows]
     # one seed: no interval, no rank
-    (row,) = build_leaderboard([make_record("colors", 1, 50.0)], [])["rows"]
+    (row,) = build_leaderboard([make_record("colors", 1, 50.0)], [], suites=installed_suite)["rows"]
     assert row["ci95"] is None and row["rank"]["position"] is None
 
 
-def _fake_suite(monkeypatch, groups: dict[str, str | None]) -> None:
-    tasks = [SimpleNamespace(name=t, group=g) for t, g in groups.items()]
-    fake = SimpleNamespace(
-        version="2",
-        task_names=list(groups),
-        tasks=tasks,
-        task=lambda name: name,
-        protocol_for=lambda task, method: SimpleNamespace(to_dict=lambda: {}),
-    )
-    monkeypatch.setattr(lb, "_load_suite", lambda name: fake)
-
-
-def test_the_headline_is_the_mean_of_group_means_with_its_own_ci(monkeypatch):
-    _fake_suite(monkeypatch, {"colors": "g1", "shapes": "g1", "position": "g2"})
+def test_the_headline_is_the_mean_of_group_means_with_its_own_ci():
+    suites = fake_suites({"colors": "g1", "shapes": "g1", "position": "g2"})
     base = {"colors": 60.0, "shapes": 80.0, "position": 40.0}
     records = [make_record(t, s, v + (-1 if s == 1 else 1)) for t, v in base.items() for s in (1, 2)]
-    doc = build_leaderboard(records, [])
+    doc = build_leaderboard(records, [], suites=suites)
     validate(doc)
     (entry,) = doc["entries"]
     assert doc["suites"][0]["headline"]["key"] == "average_of_groups"
@@ -118,11 +105,11 @@ def test_the_headline_is_the_mean_of_group_means_with_its_own_ci(monkeypatch):
     assert "mean over tasks" in table.header and "mean of groups" not in table.header
 
 
-def test_entries_are_ranked_by_headline_and_incomplete_ones_are_not(monkeypatch):
-    _fake_suite(monkeypatch, {"colors": None})  # no groups: the headline is the mean over tasks
+def test_entries_are_ranked_by_headline_and_incomplete_ones_are_not():
+    ungrouped = fake_suites({"colors": None})  # no groups: the headline is the mean over tasks
     lora = [make_record("colors", s, 90.0 + s, method="lora", config={}) for s in (1, 2)]
     records = _three_methods() + lora
-    doc = build_leaderboard(records, [])
+    doc = build_leaderboard(records, [], suites=ungrouped)
     validate(doc)
     entries = {e["method"]: e for e in doc["entries"]}
     assert all(e["headline"]["key"] == "average" for e in entries.values())
@@ -146,8 +133,7 @@ def test_entries_are_ranked_by_headline_and_incomplete_ones_are_not(monkeypatch)
         "vpt": ("2", "true"),
     }
     # a suite task without a result: the entry is not ranked
-    _fake_suite(monkeypatch, {"colors": None, "shapes": None})
-    doc = build_leaderboard(_three_methods(), [])
+    doc = build_leaderboard(_three_methods(), [], suites=fake_suites({"colors": None, "shapes": None}))
     assert all(e["rank"]["position"] is None and not e["complete"] for e in doc["entries"])
 
 
@@ -161,7 +147,7 @@ def test_selection_inflation_and_speed_ratio_are_read_from_the_records_and_shown
     }
     for r, ratio in zip(records, (1.25, 1.35), strict=True):
         r["result"]["perf"] = {"step_time_ratio": ratio}
-    doc = build_leaderboard(records, [])
+    doc = build_leaderboard(records, [], suites=installed_suite)
     validate(doc)
     (row,) = doc["rows"]
     assert row["selection_inflation"] == {
@@ -178,7 +164,7 @@ def test_selection_inflation_and_speed_ratio_are_read_from_the_records_and_shown
     table = task_table(doc, "smoke", "2")
     assert table.rows[0][table.header.index("selection inflation")] == "4.00"
     assert table.rows[0][table.header.index("speed ratio")] == "1.30"
-    plain = build_leaderboard([make_record("colors", 1, 55.0)], [])
+    plain = build_leaderboard([make_record("colors", 1, 55.0)], [], suites=installed_suite)
     assert plain["rows"][0]["selection_inflation"] is None
     assert plain["rows"][0]["efficiency"]["speed_ratio"] is None
     table = average_table(plain, "smoke", "2")

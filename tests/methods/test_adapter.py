@@ -3,15 +3,10 @@ training on the smoke suite, option errors."""
 
 import pytest
 import torch
+from smoke_training import backbone_unchanged, train_on, trains_all_it_owns
 
 from petlbench.backbones import build_backbone
-from petlbench.backbones.classifier import ImageClassifier
-from petlbench.backbones.heads import LinearHead, TextClassifierHead
-from petlbench.benchmarks.datasets import load_task
-from petlbench.benchmarks.metrics import accuracy
-from petlbench.benchmarks.suites import load_suite
 from petlbench.errors import UserError
-from petlbench.harness.trainer import TrainConfig, Trainer, predict
 from petlbench.methods.adapter import Adapter, AdapterConfig, BottleneckAdapter
 from petlbench.methods.registry import get_method
 
@@ -24,43 +19,38 @@ def _attach(backbone, **cfg):
     return method
 
 
-def _clear(backbone):
-    for name in backbone.tower_names:
-        backbone.tower(name).clear_slots()
-
-
 def test_registered_under_its_name():
     assert get_method("adapter") is Adapter
 
 
-def test_pfeiffer_dim8_on_vit_b16_is_156768(vit_b16):
+def test_pfeiffer_dim8_on_vit_b16_is_156768(vit_b16, cleared):
     m = _attach(vit_b16, style="pfeiffer", dim=8)
     try:
         assert m.num_trainable_parameters() == 156_768 == 12 * (2 * 768 * 8 + 8 + 768)
         assert all(s.after_attn is None and s.after_mlp is not None for s in vit_b16.tower("image").slots)
     finally:
-        _clear(vit_b16)
+        cleared(vit_b16)
 
 
-def test_houlsby_doubles_and_vpt_reduction_8_gives_dim_96(vit_b16):
+def test_houlsby_doubles_and_vpt_reduction_8_gives_dim_96(vit_b16, cleared):
     try:
         assert _attach(vit_b16, style="houlsby", dim=8).num_trainable_parameters() == 313_536
         assert all(s.after_attn is not None for s in vit_b16.tower("image").slots)
-        _clear(vit_b16)
+        cleared(vit_b16)
         m = _attach(vit_b16, reduction=8)  # KMnP/vpt's Pfeiffer default: 768 / 8 = 96
         assert m.num_trainable_parameters() == 1_779_840
         assert m.describe()["bottleneck"] == {"image": 96}
     finally:
-        _clear(vit_b16)
+        cleared(vit_b16)
 
 
-def test_both_clip_towers_on_clip_b16(clip_b16):
+def test_both_clip_towers_on_clip_b16(clip_b16, cleared):
     try:
         m = _attach(clip_b16, dim=8, tower="both")
         # image 12 * (2*768*8 + 8 + 768) + text 12 * (2*512*8 + 8 + 512)
         assert m.num_trainable_parameters() == 156_768 + 104_544
     finally:
-        _clear(clip_b16)
+        cleared(clip_b16)
 
 
 @pytest.mark.parametrize("style", ["pfeiffer", "houlsby"])
@@ -104,43 +94,12 @@ def test_only_adapter_parameters_require_grad():
     assert not b.tower("text").has_trainable_parameters()  # text features stay cacheable
 
 
-SMOKE = load_suite("smoke")
-
-
-@pytest.fixture(scope="module")
-def colors():
-    return load_task(SMOKE.task("colors"), None)
-
-
 @pytest.mark.parametrize("backbone_name", ["tiny-vit", "tiny-clip"])
 def test_trains_on_the_smoke_suite_and_beats_its_untrained_state(colors, backbone_name):
-    torch.manual_seed(0)
-    b = build_backbone(backbone_name)
-    method = get_method("adapter")({"style": "houlsby", "dim": 16})
-    method.attach(b)
-    if b.kind == "clip":
-        head = TextClassifierHead(b, colors.class_names, colors.templates)
-    else:
-        head = LinearHead(b.feature_dim, len(colors.class_names))
-    model = ImageClassifier(b, head, method)
-    val = colors.split("val")
-    before_acc = accuracy(predict(model, val, torch.device("cpu"), 256), val.labels)
-    frozen = {k: v.clone() for k, v in b.state_dict().items()}
-    trainer = Trainer(
-        model,
-        method,
-        TrainConfig(epochs=4, batch_size=32, lr=0.1, warmup_epochs=1, grad_clip=1.0, seed=0),
-        device=torch.device("cpu"),
-    )
-    result = trainer.fit(colors.split("train"))
-    after_acc = accuracy(predict(model, val, torch.device("cpu"), 256), val.labels)
-    assert result.history[-1]["loss"] < result.history[0]["loss"]
-    assert after_acc > before_acc + 10, (before_acc, after_acc)
-    assert all(torch.equal(frozen[k], v) for k, v in b.state_dict().items())  # backbone untouched
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    assert trainable == {id(p) for p in method.parameters()} | {
-        id(p) for p in head.parameters() if p.requires_grad
-    }
+    trained = train_on(colors, "adapter", backbone_name, {"style": "houlsby", "dim": 16}, epochs=4)
+    assert trained.learned(10), (trained.before_acc, trained.after_acc)
+    assert backbone_unchanged(trained)
+    assert trains_all_it_owns(trained.method)
 
 
 def test_bad_options_are_user_errors():

@@ -4,16 +4,12 @@ suite, option errors."""
 
 import pytest
 import torch
+from smoke_training import train_on
 
 from petlbench.backbones import build_backbone
-from petlbench.backbones.classifier import ImageClassifier
-from petlbench.backbones.heads import LinearHead, TextClassifierHead
-from petlbench.benchmarks.datasets import load_task
-from petlbench.benchmarks.metrics import accuracy
-from petlbench.benchmarks.suites import load_suite
+from petlbench.backbones.heads import LinearHead
 from petlbench.errors import UserError
 from petlbench.harness.runner import count_parameters
-from petlbench.harness.trainer import TrainConfig, Trainer, predict
 from petlbench.methods.bitfit import BitFit, BitFitConfig, BitFitOFA
 from petlbench.methods.registry import get_method
 
@@ -77,47 +73,16 @@ def test_text_tower_selection_leaves_the_image_tower_cacheable():
     assert not b.tower("image").has_trainable_parameters()
 
 
-SMOKE = load_suite("smoke")
-
-
-@pytest.fixture(scope="module")
-def colors():
-    return load_task(SMOKE.task("colors"), None)
-
-
 @pytest.mark.parametrize(
     ("backbone_name", "tower", "epochs"), [("tiny-vit", "image", 4), ("tiny-clip", "both", 8)]
 )
 def test_trains_only_biases_on_the_smoke_suite_and_beats_its_untrained_state(
     colors, backbone_name, tower, epochs
 ):
-    torch.manual_seed(0)
-    b = build_backbone(backbone_name)
-    method = get_method("bitfit")({"tower": tower})
-    method.attach(b)
-    if b.kind == "clip":
-        head = TextClassifierHead(b, colors.class_names, colors.templates)
-    else:
-        head = LinearHead(b.feature_dim, len(colors.class_names))
-    model = ImageClassifier(b, head, method)
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    assert trainable == {id(p) for p in method.trainable_parameters()} | {
-        id(p) for p in head.parameters() if p.requires_grad
-    }
+    trained = train_on(colors, "bitfit", backbone_name, {"tower": tower}, epochs=epochs)
+    b, method, before = trained.model.backbone, trained.method, trained.before
     assert len(list(method.parameters())) == 0  # owns nothing: the biases stay the backbone's
-    val = colors.split("val")
-    before_acc = accuracy(predict(model, val, torch.device("cpu"), 256), val.labels)
-    before = {k: v.clone() for k, v in b.state_dict().items()}
-    trainer = Trainer(
-        model,
-        method,
-        TrainConfig(epochs=epochs, batch_size=32, lr=0.1, warmup_epochs=1, grad_clip=1.0, seed=0),
-        device=torch.device("cpu"),
-    )
-    result = trainer.fit(colors.split("train"))
-    after_acc = accuracy(predict(model, val, torch.device("cpu"), 256), val.labels)
-    assert result.history[-1]["loss"] < result.history[0]["loss"]
-    assert after_acc > before_acc + 10, (before_acc, after_acc)
+    assert trained.learned(10), (trained.before_acc, trained.after_acc)
     after = b.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("bias" in k for k in changed)

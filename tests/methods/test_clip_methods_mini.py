@@ -18,7 +18,7 @@ CELLS = [
 
 
 def _accuracy(tmp_path, method, task):
-    from petlbench.harness.cli import main
+    from petlbench.cli import main
     from petlbench.harness.store import Store
 
     store = tmp_path / f"{method}.sqlite"

@@ -200,7 +200,7 @@ def test_loss_falls_on_smoke_colors(cls, cfg, drop):
 
 @pytest.mark.parametrize("method", ["coop", "cocoop"])
 def test_bench_run_smoke(tmp_path, method):
-    from petlbench.harness.cli import main
+    from petlbench.cli import main
     from petlbench.harness.store import Store
 
     store = tmp_path / "s.sqlite"

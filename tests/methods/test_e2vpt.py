@@ -28,11 +28,6 @@ def _attach(backbone, seed=0, **cfg):
     return method
 
 
-def _clear(backbone):
-    for name in backbone.tower_names:
-        backbone.tower(name).clear_slots()
-
-
 def test_registered_with_reference_defaults():
     assert get_method("e2vpt") is E2VPT
     c = E2VPTConfig()
@@ -44,31 +39,31 @@ def test_registered_with_reference_defaults():
     assert [s.name for s in E2VPT({"prune": False}).stages()] == ["train"]
 
 
-def test_parameter_counts_on_vit_b16(vit_b16):
+def test_parameter_counts_on_vit_b16(vit_b16, cleared):
     """methods.md 9.1: 9,216 * (P + K) shared, 9,216 * P + 18,432 * K unshared; + 17 P gates in stage 1;
     after pruning n_t tokens and s of 16 segments: 9,216 * (P - n_t) * (16 - s) / 16 + 9,216 * K."""
     try:
         m = _attach(vit_b16, visual_tokens=10, kv_tokens=5, prune=False)
         assert m.num_trainable_parameters() == 138_240 == sum(p.numel() for p in m.trainable_parameters())
-        _clear(vit_b16)
+        cleared(vit_b16)
         m = _attach(vit_b16, visual_tokens=10, kv_tokens=5, prune=False, share_kv=False)
         assert m.num_trainable_parameters() == 184_320 == sum(p.numel() for p in m.trainable_parameters())
-        _clear(vit_b16)
+        cleared(vit_b16)
         m = _attach(vit_b16, visual_tokens=10, kv_tokens=5)  # stage 1: learnable gates (10 + 160)
         assert m.num_trainable_parameters() == 138_410 == sum(p.numel() for p in m.trainable_parameters())
         assert m.prune_counts() == (5, 8)  # int(10 * 50%), int(16 * 50%)
         m.prune_by_importance(torch.arange(10.0), torch.arange(160.0).view(10, 16))
         assert m.num_trainable_parameters() == 9_216 * 5 * 8 // 16 + 46_080 == 69_120
-        _clear(vit_b16)
+        cleared(vit_b16)
         m = _attach(vit_b16, visual_tokens=10, kv_tokens=5, token_prune_percent=90, segment_prune_percent=90)
         assert m.prune_counts() == (9, 12)  # keeps min_tokens = 1 and min_segments = 4
         m.prune_by_importance(torch.arange(10.0), torch.zeros(10, 16))
         assert m.num_trainable_parameters() == 9_216 * 1 * 4 // 16 + 46_080 == 48_384
     finally:
-        _clear(vit_b16)
+        cleared(vit_b16)
 
 
-def test_inits_follow_the_reference(vit_b16):
+def test_inits_follow_the_reference(vit_b16, cleared):
     try:
         m = _attach(vit_b16, visual_tokens=10, kv_tokens=5)
         visual = torch.cat([p.detach().flatten() for p in m.visual])
@@ -84,23 +79,23 @@ def test_inits_follow_the_reference(vit_b16):
         assert not torch.equal(m.kv["image"][0], m.kv["image"][1])  # each layer owns its prompt
         assert bool((m.token_gate == 1).all()) and bool((m.segment_gate == 1).all())
     finally:
-        _clear(vit_b16)
+        cleared(vit_b16)
 
 
-def test_kv_prompts_on_clip_b16(clip_b16):
+def test_kv_prompts_on_clip_b16(clip_b16, cleared):
     """Image-tower counts equal ViT-B/16's; text KV prompts are (8, K, 64) per layer = 512 K."""
     try:
         m = _attach(clip_b16, visual_tokens=10, kv_tokens=5, prune=False)
         assert m.num_trainable_parameters() == 138_240
-        _clear(clip_b16)
+        cleared(clip_b16)
         m = _attach(clip_b16, visual_tokens=10, kv_tokens=5, prune=False, text_kv_tokens=5)
         assert all(p.shape == (8, 5, 64) for p in m.kv["text"])
         assert m.num_trainable_parameters() == 138_240 + 12 * 512 * 5 == 168_960
     finally:
-        _clear(clip_b16)
+        cleared(clip_b16)
 
 
-def test_on_tiny_clip_with_text_kv_prompts():
+def test_on_tiny_clip_with_text_kv_prompts(cleared):
     b = build_backbone("tiny-clip")
     pixels, ids = torch.rand(2, 3, 32, 32), b.tokenize(["a red circle"])
     image, text = b.encode_image(pixels), b.encode_text(ids)
@@ -109,7 +104,7 @@ def test_on_tiny_clip_with_text_kv_prompts():
     assert all(p.shape == (2, 3, 32) for p in m.kv["text"]) and b.tower("text").has_trainable_parameters()
     assert not torch.allclose(b.encode_text(ids), text, atol=1e-4)
     assert not torch.allclose(b.encode_image(pixels), image, atol=1e-4)
-    _clear(b)
+    cleared(b)
     torch.testing.assert_close(b.encode_text(ids), text, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(b.encode_image(pixels), image, atol=1e-5, rtol=1e-5)
 
@@ -138,24 +133,24 @@ def test_slots_shared_kv_and_queries_unchanged(monkeypatch):
     assert unshared.kv["image"][0] is not unshared.kv_values["image"][0]
 
 
-def test_without_prompts_the_model_equals_the_backbone():
+def test_without_prompts_the_model_equals_the_backbone(cleared):
     b = build_backbone("tiny-vit")
     pixels = torch.rand(2, 3, 32, 32)
     base = b.encode_image(pixels)
     m = _attach(b)
     m.eval()
     assert not torch.allclose(b.encode_image(pixels), base, atol=1e-4)
-    _clear(b)
+    cleared(b)
     torch.testing.assert_close(b.encode_image(pixels), base, atol=1e-5, rtol=1e-5)
 
 
-def test_without_kv_prompts_it_is_deep_vpt():
+def test_without_kv_prompts_it_is_deep_vpt(cleared):
     """kv_tokens = 0, no pruning, no dropout: exactly VPT-deep with the same prompt values."""
     b = build_backbone("tiny-vit")
     pixels = torch.rand(2, 3, 32, 32)
     m = _attach(b, kv_tokens=0, prune=False, dropout=0.0)
     ours = b.encode_image(pixels)
-    _clear(b)
+    cleared(b)
     vpt = VPT(VPTConfig(num_tokens=5, deep=True))
     vpt.attach(b)
     with torch.no_grad():
@@ -234,7 +229,7 @@ def test_pruned_tokens_leave_the_attention(monkeypatch):
     assert not torch.allclose(b.encode_image(pixels), dropped, atol=1e-4)
 
 
-def test_importance_abs_and_signed():
+def test_importance_abs_and_signed(cleared):
     b = build_backbone("tiny-vit")
     head = LinearHead(b.feature_dim, 3)
     data = _data()
@@ -249,7 +244,7 @@ def test_importance_abs_and_signed():
         scores[kind] = m.importance_scores(model, batches)
         assert all(torch.equal(x, y) for x, y in zip(before, m.parameters(), strict=True))
         assert all(p.grad is None for p in m.parameters())
-        _clear(b)
+        cleared(b)
     abs_t, abs_s = scores["abs"]
     signed_t, signed_s = scores["signed"]
     assert abs_t.shape == (4,) and abs_s.shape == (4, 16)
@@ -355,7 +350,7 @@ def test_rewind_starts_fresh_or_keeps():
 
 
 def test_bench_run_smoke_end_to_end(tmp_path):
-    from petlbench.harness.cli import main
+    from petlbench.cli import main
     from petlbench.harness.store import Store
 
     store = tmp_path / "s.sqlite"

@@ -3,15 +3,10 @@ what trains, training on the smoke suite, option errors."""
 
 import pytest
 import torch
+from smoke_training import backbone_unchanged, train_on, trains_all_it_owns
 
 from petlbench.backbones import build_backbone
-from petlbench.backbones.classifier import ImageClassifier
-from petlbench.backbones.heads import LinearHead, TextClassifierHead
-from petlbench.benchmarks.datasets import load_task
-from petlbench.benchmarks.metrics import accuracy
-from petlbench.benchmarks.suites import load_suite
 from petlbench.errors import UserError
-from petlbench.harness.trainer import TrainConfig, Trainer, predict
 from petlbench.methods.lora import LoRA, LoRAConfig
 from petlbench.methods.registry import get_method
 
@@ -22,11 +17,6 @@ def _attach(backbone, **cfg):
     method = LoRA(LoRAConfig(**cfg))
     method.attach(backbone)
     return method
-
-
-def _clear(backbone):
-    for name in backbone.tower_names:
-        backbone.tower(name).clear_slots()
 
 
 def _randomise_b(method, std=0.05):
@@ -42,24 +32,24 @@ def test_registered_under_its_name():
 
 
 @pytest.mark.parametrize("targets", ["q,v", "qkv"])
-def test_rank8_on_vit_b16_is_294912(vit_b16, targets):
+def test_rank8_on_vit_b16_is_294912(vit_b16, targets, cleared):
     try:
         m = _attach(vit_b16, rank=8, targets=targets)
         assert m.num_trainable_parameters() == 294_912 == 12 * 8 * (768 + 2304)
         assert all(s.qkv_delta is not None for s in vit_b16.tower("image").slots)
     finally:
-        _clear(vit_b16)
+        cleared(vit_b16)
 
 
-def test_counts_on_clip_b16_both_towers_and_qkv_targets(clip_b16):
+def test_counts_on_clip_b16_both_towers_and_qkv_targets(clip_b16, cleared):
     try:
         m = _attach(clip_b16, rank=8, tower="both")
         assert m.num_trainable_parameters() == 294_912 + 12 * 2 * 2 * 8 * 512  # = 491,520
-        _clear(clip_b16)
+        cleared(clip_b16)
         m = _attach(clip_b16, rank=4, targets="q,k,v")
         assert m.num_trainable_parameters() == 12 * 3 * 2 * 4 * 768  # 221,184
     finally:
-        _clear(clip_b16)
+        cleared(clip_b16)
 
 
 @pytest.mark.parametrize("backbone_name", ["tiny-vit", "tiny-clip"])
@@ -138,43 +128,12 @@ def test_only_lora_parameters_require_grad():
     assert b.tower("text").has_trainable_parameters() and not b.tower("image").has_trainable_parameters()
 
 
-SMOKE = load_suite("smoke")
-
-
-@pytest.fixture(scope="module")
-def colors():
-    return load_task(SMOKE.task("colors"), None)
-
-
 @pytest.mark.parametrize("backbone_name", ["tiny-vit", "tiny-clip"])
 def test_trains_on_the_smoke_suite_and_beats_its_untrained_state(colors, backbone_name):
-    torch.manual_seed(0)
-    b = build_backbone(backbone_name)
-    method = get_method("lora")({"targets": "q,k,v", "rank": 8})
-    method.attach(b)
-    if b.kind == "clip":
-        head = TextClassifierHead(b, colors.class_names, colors.templates)
-    else:
-        head = LinearHead(b.feature_dim, len(colors.class_names))
-    model = ImageClassifier(b, head, method)
-    val = colors.split("val")
-    before_acc = accuracy(predict(model, val, torch.device("cpu"), 256), val.labels)
-    frozen = {k: v.clone() for k, v in b.state_dict().items()}
-    trainer = Trainer(
-        model,
-        method,
-        TrainConfig(epochs=4, batch_size=32, lr=0.1, warmup_epochs=1, grad_clip=1.0, seed=0),
-        device=torch.device("cpu"),
-    )
-    result = trainer.fit(colors.split("train"))
-    after_acc = accuracy(predict(model, val, torch.device("cpu"), 256), val.labels)
-    assert result.history[-1]["loss"] < result.history[0]["loss"]
-    assert after_acc > before_acc + 10, (before_acc, after_acc)
-    assert all(torch.equal(frozen[k], v) for k, v in b.state_dict().items())
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    assert trainable == {id(p) for p in method.parameters()} | {
-        id(p) for p in head.parameters() if p.requires_grad
-    }
+    trained = train_on(colors, "lora", backbone_name, {"targets": "q,k,v", "rank": 8}, epochs=4)
+    assert trained.learned(10), (trained.before_acc, trained.after_acc)
+    assert backbone_unchanged(trained)
+    assert trains_all_it_owns(trained.method)
 
 
 def test_bad_options_are_user_errors():

@@ -12,8 +12,8 @@ from ofa_models import VOCAB, ofa_backbone, ofa_batch, ofa_model
 
 import petlbench.backbones.attention as attention
 from petlbench.backbones.ofa.generator import OFAGenerator
+from petlbench.cli import main
 from petlbench.errors import UserError
-from petlbench.harness.cli import main
 from petlbench.harness.store import Store
 from petlbench.methods.adapt import Adapt
 from petlbench.methods.vpt import VPT

@@ -4,17 +4,12 @@ the smoke suite, option errors."""
 
 import pytest
 import torch
+from smoke_training import backbone_unchanged, train_on, trains_all_it_owns
 
 from petlbench.backbones import build_backbone
 from petlbench.backbones.attention import slot_attention
-from petlbench.backbones.classifier import ImageClassifier
-from petlbench.backbones.heads import LinearHead, TextClassifierHead
 from petlbench.backbones.slots import LayerSlots
-from petlbench.benchmarks.datasets import load_task
-from petlbench.benchmarks.metrics import accuracy
-from petlbench.benchmarks.suites import load_suite
 from petlbench.errors import UserError
-from petlbench.harness.trainer import TrainConfig, Trainer, predict
 from petlbench.methods.prefix import PrefixConfig, PrefixKV, PrefixTuning
 from petlbench.methods.registry import get_method
 
@@ -27,25 +22,20 @@ def _attach(backbone, **cfg):
     return method
 
 
-def _clear(backbone):
-    for name in backbone.tower_names:
-        backbone.tower(name).clear_slots()
-
-
 def test_registered_under_its_name():
     assert get_method("prefix") is PrefixTuning
 
 
-def test_plain_counts_on_vit_b16(vit_b16):
+def test_plain_counts_on_vit_b16(vit_b16, cleared):
     try:
         assert _attach(vit_b16, length=10).num_trainable_parameters() == 184_320 == 10 * 12 * 2 * 768
-        _clear(vit_b16)
+        cleared(vit_b16)
         # the default length 100 off OFA: length * layers * 2 * d (the same number as OFA-Base 100/100)
         m = _attach(vit_b16)
         assert m.num_trainable_parameters() == 1_843_200 == m.inference_parameters()
         assert all(isinstance(s.kv_heads, PrefixKV) for s in vit_b16.tower("image").slots)
     finally:
-        _clear(vit_b16)
+        cleared(vit_b16)
 
 
 def test_the_ofa_default_length_is_the_papers_64_and_others_keep_100():
@@ -58,7 +48,7 @@ def test_the_ofa_default_length_is_the_papers_64_and_others_keep_100():
     assert PrefixTuning(given).config.length == 100
 
 
-def test_reparameterized_count_states_what_is_counted_and_folds_to_plain(vit_b16):
+def test_reparameterized_count_states_what_is_counted_and_folds_to_plain(vit_b16, cleared):
     try:
         m = _attach(vit_b16, length=10, projection=True, projection_dim=512)
         # embedding 10*768 + Linear(768, 512) + Linear(512, 12*2*768)
@@ -73,23 +63,23 @@ def test_reparameterized_count_states_what_is_counted_and_folds_to_plain(vit_b16
         assert m.num_trainable_parameters() == 184_320 and m.describe()["counted"] == "plain prefixes"
         assert m.describe()["reparameterization_parameters"] == 9_857_024  # what was trained, still stated
     finally:
-        _clear(vit_b16)
+        cleared(vit_b16)
 
 
-def test_counts_on_clip_b16_per_tower_lengths(clip_b16):
+def test_counts_on_clip_b16_per_tower_lengths(clip_b16, cleared):
     try:
         assert _attach(clip_b16, length=10, tower="both").num_trainable_parameters() == 307_200
-        _clear(clip_b16)
+        cleared(clip_b16)
         m = _attach(clip_b16, length=10, text_length=4, tower="both")
         assert m.num_trainable_parameters() == 184_320 + 4 * 12 * 2 * 512  # 233,472
         assert m.describe()["lengths"] == {"image": 10, "text": 4}
     finally:
-        _clear(clip_b16)
+        cleared(clip_b16)
 
 
 @pytest.mark.parametrize("projection", [False, True])
 @pytest.mark.parametrize("backbone_name", ["tiny-vit", "tiny-clip"])
-def test_zero_length_prefixes_equal_the_backbone(backbone_name, projection):
+def test_zero_length_prefixes_equal_the_backbone(backbone_name, projection, cleared):
     b = build_backbone(backbone_name)
     pixels = torch.rand(3, 3, 32, 32)
     ids = b.tokenize(["a red circle", "two blue squares"]) if b.kind == "clip" else None
@@ -101,7 +91,7 @@ def test_zero_length_prefixes_equal_the_backbone(backbone_name, projection):
     torch.testing.assert_close(b.encode_image(pixels), base, atol=1e-5, rtol=0)
     if ids is not None:
         torch.testing.assert_close(b.encode_text(ids), text_base, atol=1e-5, rtol=0)
-    _clear(b)
+    cleared(b)
     _attach(b, length=3, tower="both", init_std=1.0)
     assert not torch.allclose(b.encode_image(pixels), base, atol=1e-3)
     if ids is not None:
@@ -189,14 +179,6 @@ def test_only_prefix_parameters_require_grad_and_towers_report_them():
     assert not b.tower("image").has_trainable_parameters()
 
 
-SMOKE = load_suite("smoke")
-
-
-@pytest.fixture(scope="module")
-def colors():
-    return load_task(SMOKE.task("colors"), None)
-
-
 @pytest.mark.parametrize(
     ("backbone_name", "config", "lr", "epochs", "margin"),
     [
@@ -210,37 +192,15 @@ def colors():
 def test_trains_on_the_smoke_suite_and_beats_its_untrained_state(
     colors, backbone_name, config, lr, epochs, margin
 ):
-    torch.manual_seed(0)
-    b = build_backbone(backbone_name)
-    method = get_method("prefix")(config)
-    method.attach(b)
-    if b.kind == "clip":
-        head = TextClassifierHead(b, colors.class_names, colors.templates)
-    else:
-        head = LinearHead(b.feature_dim, len(colors.class_names))
-    model = ImageClassifier(b, head, method)
-    val = colors.split("val")
-    before_acc = accuracy(predict(model, val, torch.device("cpu"), 256), val.labels)
-    frozen = {k: v.clone() for k, v in b.state_dict().items()}
-    trainer = Trainer(
-        model,
-        method,
-        TrainConfig(epochs=epochs, batch_size=32, lr=lr, warmup_epochs=1, grad_clip=1.0, seed=0),
-        device=torch.device("cpu"),
-    )
-    result = trainer.fit(colors.split("train"))
-    after_acc = accuracy(predict(model, val, torch.device("cpu"), 256), val.labels)
-    assert result.history[-1]["loss"] < result.history[0]["loss"]
-    assert after_acc > before_acc + margin, (before_acc, after_acc)
-    assert all(torch.equal(frozen[k], v) for k, v in b.state_dict().items())
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    assert trainable == {id(p) for p in method.parameters()} | {
-        id(p) for p in head.parameters() if p.requires_grad
-    }
+    trained = train_on(colors, "prefix", backbone_name, config, epochs=epochs, lr=lr)
+    assert trained.learned(margin), (trained.before_acc, trained.after_acc)
+    assert backbone_unchanged(trained)
+    method = trained.method
+    assert trains_all_it_owns(method)
     if method.config.projection:  # the fold stage keeps what was learned
-        pred = predict(model, val, torch.device("cpu"), 256)
+        pred = trained.val_predictions(colors)
         method.fold()
-        assert torch.equal(predict(model, val, torch.device("cpu"), 256).argmax(-1), pred.argmax(-1))
+        assert torch.equal(trained.val_predictions(colors).argmax(-1), pred.argmax(-1))
 
 
 def test_bad_options_are_user_errors():

@@ -131,7 +131,7 @@ def test_state_round_trip_restores_the_cache():
 
 
 def test_bench_run_tip_adapter_trains_nothing(tmp_path):
-    from petlbench.harness.cli import main
+    from petlbench.cli import main
     from petlbench.harness.store import Store
 
     store = tmp_path / "s.sqlite"

@@ -1,11 +1,14 @@
-"""The ``bench`` command. Every user error is one line on stderr and exit status 2, no traceback."""
+"""The ``bench`` argument parser and its typed value converters (comma lists, seeds, KEY=VALUE
+pairs, FGSM epsilons). Every malformed value is a one-line UserError, raised while parsing (``type=``)
+or, for the repeated KEY=VALUE options, when the verb reads them (:func:`assignments`)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from petlbench.errors import UserError
 
@@ -13,6 +16,7 @@ DEFAULT_STORE = Path("runs") / "petlbench.sqlite"
 DEFAULT_LEADERBOARD = Path("leaderboard")
 DEFAULT_RECORDS = DEFAULT_LEADERBOARD / "records"
 DEFAULT_CACHE = DEFAULT_STORE.parent / "image-cache"  # beside the default store (harness/image_cache.py)
+FGSM_EPS = "1/255,2/255,4/255,8/255"  # the default --fgsm-eps of run, plan, sweep and robust
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument(
             "--suite", required=True, help="a suite name (see `bench suites`) or a path to a suite YAML"
         )
-        r.add_argument("--backbone", help="backbone(s), comma-separated (default: the suite's backbones)")
-        r.add_argument("--tasks", help="a subset of the suite's tasks, comma-separated")
-        r.add_argument("--seeds", help="seeds, comma-separated (default: the suite's seeds)")
+        r.add_argument(
+            "--backbone", type=csv_list, help="backbone(s), comma-separated (default: the suite's backbones)"
+        )
+        r.add_argument("--tasks", type=csv_list, help="a subset of the suite's tasks, comma-separated")
+        r.add_argument("--seeds", type=seed_list, help="seeds, comma-separated (default: the suite's seeds)")
         r.add_argument("--data-root", type=Path, help="folder holding the suite's datasets")
         r.add_argument(
             "--store", type=Path, default=DEFAULT_STORE, help=f"results database (default {DEFAULT_STORE})"
@@ -88,11 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "run":
             _cache_options(r)
         r.add_argument("--no-fgsm", action="store_true", help="skip the FGSM robustness measurement")
-        r.add_argument(
-            "--fgsm-eps",
-            default="1/255,2/255,4/255,8/255",
-            help="FGSM epsilons in pixel space, comma-separated; fractions allowed (default %(default)s)",
-        )
+        eps_help = "FGSM epsilons in pixel space, comma-separated; fractions allowed (default %(default)s)"
+        r.add_argument("--fgsm-eps", type=epsilons, default=FGSM_EPS, help=eps_help)
         r.add_argument(
             "--fgsm-examples",
             type=int,
@@ -126,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--store", type=Path, default=DEFAULT_STORE)
     rb.add_argument("--suite", help="suite name or YAML path, if the run's suite is not a built-in")
     rb.add_argument("--data-root", type=Path)
-    rb.add_argument("--fgsm-eps", default="1/255,2/255,4/255,8/255")
+    rb.add_argument("--fgsm-eps", type=epsilons, default=FGSM_EPS)
     rb.add_argument("--fgsm-examples", type=int, default=None)
     rb.add_argument("--device", default="auto")
 
@@ -170,11 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", type=Path, required=True, help="folder for <model>.safetensors and <model>.json")
 
     sw = sub.add_parser("sweep", help="methods x suite x seeds, optional grid search, local or on Ray")
-    sw.add_argument("--methods", required=True, help="methods, comma-separated")
+    sw.add_argument("--methods", required=True, type=csv_list, help="methods, comma-separated")
     sw.add_argument("--suite", required=True)
-    sw.add_argument("--backbone", help="backbone(s), comma-separated (default: the suite's)")
-    sw.add_argument("--tasks", help="a subset of the suite's tasks, comma-separated")
-    sw.add_argument("--seeds", help="final seeds, comma-separated (default: the suite's)")
+    sw.add_argument("--backbone", type=csv_list, help="backbone(s), comma-separated (default: the suite's)")
+    sw.add_argument("--tasks", type=csv_list, help="a subset of the suite's tasks, comma-separated")
+    sw.add_argument("--seeds", type=seed_list, help="final seeds, comma-separated (default: the suite's)")
     sw.add_argument(
         "--grid",
         action="append",
@@ -204,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--device", default="auto")
     sw.add_argument("--random-init", action="store_true")
     sw.add_argument("--no-fgsm", action="store_true")
-    sw.add_argument("--fgsm-eps", default="1/255,2/255,4/255,8/255")
+    sw.add_argument("--fgsm-eps", type=epsilons, default=FGSM_EPS)
     sw.add_argument("--fgsm-examples", type=int, default=500)
     sw.add_argument("--json", action="store_true", help="print one JSON line per finished run")
     _cache_options(sw)
@@ -214,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc = dsub.add_parser("check", help="layout, split files, every image present and decodable, hashes")
     dc.add_argument("--suite", required=True, help="a suite name or a path to a suite YAML")
     dc.add_argument("--data-root", type=Path, required=True, help="folder holding the suite's datasets")
-    dc.add_argument("--tasks", help="a subset of the suite's tasks, comma-separated")
+    dc.add_argument("--tasks", type=csv_list, help="a subset of the suite's tasks, comma-separated")
     dc.add_argument(
         "--manifest",
         type=Path,
@@ -234,8 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dca.add_argument("--suite", required=True)
     dca.add_argument("--data-root", type=Path, required=True)
-    dca.add_argument("--tasks", help="a subset of the suite's tasks, comma-separated")
-    dca.add_argument("--backbone", help="backbone(s) whose input size to decode for (default: the suite's)")
+    dca.add_argument("--tasks", type=csv_list, help="a subset of the suite's tasks, comma-separated")
+    dca.add_argument(
+        "--backbone", type=csv_list, help="backbone(s) whose input size to decode for (default: the suite's)"
+    )
     dca.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"default {DEFAULT_CACHE}")
     dca.add_argument(
         "--workers", type=int, help="decode processes, one thread each (default: this machine's cores)"
@@ -243,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp = dsub.add_parser("prepare", help="say what is missing and where to get it; --download fetches it")
     dp.add_argument("--suite", required=True)
     dp.add_argument("--data-root", type=Path, required=True)
-    dp.add_argument("--tasks", help="a subset of the suite's tasks, comma-separated")
+    dp.add_argument("--tasks", type=csv_list, help="a subset of the suite's tasks, comma-separated")
     dp.add_argument(
         "--download",
         action="store_true",
@@ -301,22 +306,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def csv_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def seed_list(value: str | None) -> list[int] | None:
+    items = csv_list(value)
+    if items is None:
+        return None
     try:
-        args = build_parser().parse_args(argv)
-        from . import commands
-
-        return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "interrupted; finished runs are stored, the current run resumes from its last epoch",
-            file=sys.stderr,
-        )
-        return 130
+        return [int(v) for v in items]
+    except ValueError:
+        raise UserError(f"--seeds takes integers separated by commas, not {value!r}") from None
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def assignments(values: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    """Parse ``key=value`` pairs; values are read as JSON when they parse, else kept as strings."""
+    out: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} takes key=value, not {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def epsilons(value: str) -> list[float]:
+    """Parse '1/255,0.01' into floats."""
+    out = []
+    for item in csv_list(value) or []:
+        num, sep, den = item.partition("/")
+        try:
+            out.append(float(num) / float(den) if sep else float(num))
+        except (ValueError, ZeroDivisionError):
+            raise UserError(f"--fgsm-eps takes numbers or fractions like 8/255, not {item!r}") from None
+        if out[-1] < 0:
+            raise UserError(f"--fgsm-eps must be non-negative, not {item!r}")
+    return out

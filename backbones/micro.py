@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,33 +123,34 @@ def load_weights(
     return load_file(str(path)), record
 
 
+def _shipped_weights(arch: str, config: dict[str, Any], load: Callable[[dict], Any] | None) -> dict[str, Any]:
+    """``config`` with where the weights came from; ``load`` (None: random init) takes the shipped state."""
+    if load is None:
+        return {**config, "pretrained": None}
+    state, record = load_weights(arch)
+    load(state)
+    return {
+        **config,
+        "pretrained": "synthetic world",
+        "weights_sha256": record["sha256"],
+        "world": record["world"],
+    }
+
+
 def build_micro_clip(name: str, pretrained: bool) -> ClipBackbone:
     model = micro_clip_model()
     config: dict[str, Any] = {"source": "petlbench", "arch": "micro-clip", **MICRO_CLIP, "tokenizer": "words"}
-    if pretrained:
-        state, record = load_weights("micro-clip")
-        model.load_state_dict(state)
-        config |= {
-            "pretrained": "synthetic world",
-            "weights_sha256": record["sha256"],
-            "world": record["world"],
-        }
-    else:
-        config["pretrained"] = None
+    config = _shipped_weights("micro-clip", config, model.load_state_dict if pretrained else None)
     return wrap_micro_clip(name, model, config)
 
 
 def build_micro_vit(name: str, pretrained: bool) -> TimmViTBackbone:
     vit = micro_vit_model()
-    config: dict[str, Any] = {"source": "petlbench", "arch": "micro-vit", **MICRO_VIT}
-    if pretrained:
-        state, record = load_weights("micro-vit")
+
+    def load(state: dict) -> None:
         vit.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")})
-        config |= {
-            "pretrained": "synthetic world",
-            "weights_sha256": record["sha256"],
-            "world": record["world"],
-        }
-    else:
-        config["pretrained"] = None
+
+    config = _shipped_weights(
+        "micro-vit", {"source": "petlbench", "arch": "micro-vit", **MICRO_VIT}, load if pretrained else None
+    )
     return wrap_micro_vit(name, vit, config)

@@ -121,19 +121,21 @@ def _compute_in_worker(
 def dispatch_order(specs: Sequence[RunSpec]) -> list[RunSpec]:
     """The order a pool hands runs to its workers: the cheapest first, so a first result line comes
     early, then the most expensive first (longest-processing-time order: the runs left at the end are
-    short, so the workers finish together instead of one training the longest run alone). The cost
-    estimate is the run's training epochs (what a plan knows without loading data); ties keep the
-    plan's order. Which worker computes a run never changes its numbers, only when it is shown."""
+    short, so the workers finish together instead of one training the longest run alone). What a plan
+    knows of a run's cost without loading data: a few-shot training set (``shots``) is small, a full
+    one is not, so full-data runs cost more whatever their epochs (on ``mini`` a 10-epoch full-data
+    run trains twice as long as a 30-epoch 16-shot one); within each kind, more epochs cost more.
+    Ties keep the plan's order. Which worker computes a run never changes its numbers."""
     if len(specs) < 3:
         return list(specs)
 
-    def epochs(spec: RunSpec) -> float:
-        value = spec.protocol.get("epochs")
-        return float(value) if isinstance(value, int | float) else 0.0
+    def cost(spec: RunSpec) -> tuple[bool, float]:
+        epochs = spec.protocol.get("epochs")
+        return spec.protocol.get("shots") is None, float(epochs) if isinstance(epochs, int | float) else 0.0
 
-    first = min(range(len(specs)), key=lambda i: epochs(specs[i]))
+    first = min(range(len(specs)), key=lambda i: cost(specs[i]))
     rest = [s for i, s in enumerate(specs) if i != first]
-    return [specs[first], *sorted(rest, key=epochs, reverse=True)]
+    return [specs[first], *sorted(rest, key=cost, reverse=True)]
 
 
 def _cache_root(runner: Runner) -> str | None:

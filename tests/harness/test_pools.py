@@ -56,11 +56,12 @@ def test_dispatch_order_puts_one_cheap_run_first_then_the_longest_first():
     from petlbench.harness.executors import dispatch_order
     from petlbench.harness.spec import RunSpec
 
-    def spec(task: str, epochs: int) -> RunSpec:
-        return RunSpec("m", {}, "b", "s", "1", task, {"epochs": epochs}, seed=1)
+    def spec(task: str, epochs: int, shots: int | None = 16) -> RunSpec:
+        return RunSpec("m", {}, "b", "s", "1", task, {"epochs": epochs, "shots": shots}, seed=1)
 
-    plan = [spec("a", 30), spec("b", 10), spec("c", 30), spec("d", 5), spec("e", 20), spec("f", 5)]
+    plan = [spec("a", 30), spec("full10", 10, None), spec("c", 30), spec("d", 5), spec("e", 20)]
+    plan += [spec("f", 5), spec("full20", 20, None)]
     order = [s.task for s in dispatch_order(plan)]
-    assert order == ["d", "a", "c", "e", "b", "f"]  # d: the first of the cheapest; ties in plan order
-    assert sorted(order) == sorted(s.task for s in plan)
-    assert [s.task for s in dispatch_order(plan[:2])] == ["a", "b"]  # nothing to gain below three
+    # d: the first cheapest (few-shot, fewest epochs); then full-data runs, longest first; ties in plan order
+    assert order == ["d", "full20", "full10", "a", "c", "e", "f"]
+    assert [s.task for s in dispatch_order(plan[:2])] == ["a", "full10"]  # nothing to gain below three

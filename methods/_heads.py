@@ -18,9 +18,9 @@ from torch import nn
 from petlbench.backbones.heads import TextClassifierHead
 
 
-def cosine_logits(backbone: nn.Module, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+def cosine_logits(backbone: Any, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """``logit_scale.exp() * cos(image, text)``: (B, D) image features against (C, D) normalised
-    class text features -> (B, C) logits."""
+    class text features -> (B, C) logits. ``backbone``: a CLIP backbone (it holds ``logit_scale``)."""
     scale = backbone.logit_scale.exp()  # CLIP's learned temperature
     return scale * F.normalize(features, dim=-1) @ text.t().to(features.dtype)
 

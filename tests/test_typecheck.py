@@ -47,7 +47,8 @@ def test_mypy_paths_become_repo_paths() -> None:
 def test_package_dirs_without_tomllib_reads_the_same_table(monkeypatch: pytest.MonkeyPatch) -> None:
     tc = _script()
     expected = tc.package_dirs(ROOT / "pyproject.toml")
-    assert expected["petlbench.harness"] == "harness" and expected["petlbench.cli"] == "cli" and len(expected) == 7
+    assert expected["petlbench.harness"] == "harness" and expected["petlbench.cli"] == "cli"
+    assert len(expected) == 7
     monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` raises, as on Python 3.10
     assert tc.package_dirs(ROOT / "pyproject.toml") == expected
 

@@ -72,13 +72,9 @@ def hardware_label(device: torch.device) -> str:
     """What the absolute figures were measured on: the accelerator's name, else the CPU and threads."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    from .provenance import cpu_details
+
+    cpu = cpu_details().get("model") or platform.processor() or platform.machine()
     return f"{cpu} ({torch.get_num_threads()} threads)"
 
 

@@ -59,11 +59,38 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status)}
 
 
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma")
+
+
+def cpu_details(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU's model name and the vector-instruction flags that pick the math kernels (Linux
+    ``/proc/cpuinfo``; empty elsewhere). Float sums round differently across kernels, so a run
+    reproduces bit for bit only where these match (a committed micro-clip cell moves by one test
+    image between two x86_64 machines)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return {}
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    out: dict[str, Any] = {"simd": [f for f in SIMD_FLAGS if f in flags]}
+    if fields.get("model name"):
+        out["model"] = fields["model name"]
+    return out
+
+
 def hardware() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "cpu": platform.processor() or platform.machine(),
+        **{f"cpu_{k}": v for k, v in cpu_details().items()},
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }

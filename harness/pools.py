@@ -15,8 +15,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 PARENT_POLL_S = 1.0
 
@@ -32,25 +30,20 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _init_worker(parent: int, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
+def _init_worker(parent: int) -> None:
     # One thread: torch reads the variable when it is imported, which in a fresh worker is usually
     # later (with the first task); where the spawn already imported it, it is told directly.
     os.environ["OMP_NUM_THREADS"] = "1"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
     _exit_with_parent(parent)
-    if initializer is not None:
-        initializer(*initargs)
 
 
-def spawn_pool(
-    workers: int, initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = ()
-) -> concurrent.futures.ProcessPoolExecutor:
-    """``workers`` spawned processes with one thread each that exit with this process; ``initializer``
-    (a module-level function) runs in each after that."""
+def spawn_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """``workers`` spawned processes with one thread each that exit with this process."""
     return concurrent.futures.ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(os.getpid(), initializer, initargs),
+        initargs=(os.getpid(),),
     )

@@ -59,6 +59,16 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status)}
 
 
+@lru_cache(maxsize=1)
+def _proc_cpuinfo() -> str | None:
+    """This machine's ``/proc/cpuinfo``, read once per process (every run's provenance asks)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 SIMD_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma")
 
 
@@ -68,10 +78,8 @@ def cpu_details(cpuinfo: str | None = None) -> dict[str, Any]:
     reproduces bit for bit only where these match (a committed micro-clip cell moves by one test
     image between two x86_64 machines)."""
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                cpuinfo = f.read()
-        except OSError:
+        cpuinfo = _proc_cpuinfo()
+        if cpuinfo is None:
             return {}
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():

@@ -4,7 +4,8 @@ A training checkpoint holds nested state (method and head tensors, optimizer sta
 keys, callback state, history). :func:`save_state` writes the tensors under path-like keys and the
 structure as JSON (dict keys keep their type), atomically; :func:`load_state` rebuilds it. Nothing
 is ever unpickled, so a planted or corrupt file can at worst be refused: :class:`CheckpointError`,
-and the caller restarts from the last good state.
+and the caller restarts from the last good state. A finished run's artifact (its trained method and
+head, for re-measuring) is a plain safetensors file: :func:`save_artifact`, :func:`load_artifact`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from petlbench.methods.base import Method
+
+    from .spec import RunSpec
 
 FORMAT = "petlbench-checkpoint-1"
 
@@ -79,3 +86,27 @@ def load_state(path: Path, device: torch.device | str = "cpu") -> Any:
         raise
     except Exception as err:  # safetensors raises several types for a bad header or short file
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from None
+
+
+def save_artifact(path: Path, method: Method, head: nn.Module | None, spec: RunSpec) -> None:
+    """A finished run's trained state (the method's, and the head's where the model has one) as
+    safetensors, so a stored run can be re-measured later; the spec rides along in the metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {f"method.{k}": v.contiguous().cpu() for k, v in method.method_state().items()}
+    if head is not None:
+        tensors.update({f"head.{k}": v.detach().contiguous().cpu() for k, v in head.state_dict().items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"run_id": spec.run_id, "spec": spec.canonical_json()})
+    tmp.replace(path)
+
+
+def load_artifact(path: Path, method: Method, head: nn.Module | None, device: torch.device) -> None:
+    """Load what :func:`save_artifact` wrote into a freshly built model of the same spec."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path), device=str(device))
+    method.load_method_state({k[7:]: v for k, v in tensors.items() if k.startswith("method.")})
+    if head is not None:
+        head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})

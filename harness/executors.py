@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 import concurrent.futures
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +20,10 @@ from petlbench.benchmarks.suites import Suite
 from petlbench.errors import UserError
 
 from .pools import spawn_pool
-from .runner import ComputedRun, Runner
+from .runner import Runner, RunResult
 from .spec import RunSpec
 
-
-@dataclass
-class RunDone:
-    spec: RunSpec
-    metrics: dict[str, Any] = field(default_factory=dict)
-    result: dict[str, Any] = field(default_factory=dict)
-    skipped: bool = False
-    error: str | None = None
-    waited: bool = False  # another process ran it while this one waited
-
-
-OnDone = Callable[[RunDone], Any]
+OnDone = Callable[[RunResult], Any]
 
 
 class Executor(abc.ABC):
@@ -43,7 +31,7 @@ class Executor(abc.ABC):
         self.runner = runner
 
     @abc.abstractmethod
-    def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunDone]:
+    def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunResult]:
         """Run every spec not yet finished in the store; failures are returned, not raised."""
 
     def close(self) -> None:  # noqa: B027 - an optional hook: only pools hold workers
@@ -66,20 +54,17 @@ class LocalExecutor(Executor):
         super().__init__(runner)
         self.on_step = on_step
 
-    def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunDone]:
+    def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunResult]:
         out = []
         on_step = self.on_step
         for spec in specs:
             step = (lambda i, n, loss, s=spec: on_step(s, i, n, loss)) if on_step else None
             try:
-                outcome = self.runner.run(spec, on_step=step)
-                done = RunDone(
-                    spec, outcome.metrics, outcome.result, skipped=outcome.skipped, waited=outcome.waited
-                )
+                done = self.runner.run(spec, on_step=step)
             except UserError:
                 raise
             except Exception as exc:  # noqa: BLE001 - recorded in the store by the runner
-                done = RunDone(spec, error=f"{exc.__class__.__name__}: {exc}")
+                done = RunResult(spec, error=f"{exc.__class__.__name__}: {exc}")
             out.append(done)
             if on_done is not None:
                 on_done(done)
@@ -97,7 +82,7 @@ def _compute_in_worker(
     checkpoint_dir: str | None,
     threads: int = 1,
     image_cache: str | None = None,
-) -> ComputedRun:
+) -> RunResult:
     """One run in a worker process (a pool worker or a Ray worker: a module-level function, so it
     ships by reference). The worker keeps its Runner, and so the decoded task data, for the next spec
     of the same suite."""
@@ -168,13 +153,13 @@ class PoolExecutor(Executor):
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunDone]:
+    def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunResult]:
         runner = self.runner
         assert runner.store is not None
-        out: list[RunDone] = []
+        out: list[RunResult] = []
         busy: list[RunSpec] = []
 
-        def report(done: RunDone) -> None:
+        def report(done: RunResult) -> None:
             out.append(done)
             if on_done is not None:
                 on_done(done)
@@ -189,7 +174,7 @@ class PoolExecutor(Executor):
             _cache_root(runner),
         )
         pool = self._workers()
-        pending: dict[concurrent.futures.Future[ComputedRun], RunSpec] = {}
+        pending: dict[concurrent.futures.Future[RunResult], RunSpec] = {}
         try:
             while queue or pending:
                 while queue and len(pending) < self.jobs:
@@ -197,7 +182,7 @@ class PoolExecutor(Executor):
                     record = runner.store.get(spec.run_id)
                     if record is not None and record.status == "finished":
                         runner.drop_checkpoints(spec.run_id)
-                        report(RunDone(spec, record.metrics, record.result, skipped=True))
+                        report(RunResult(spec, record.metrics, record.result, skipped=True))
                         continue
                     if runner.store.claim(spec, runner.provenance(spec)) != "claimed":
                         busy.append(spec)  # another live process runs it: waited for below
@@ -216,10 +201,10 @@ class PoolExecutor(Executor):
                     except Exception as exc:  # noqa: BLE001 - recorded, the other runs go on
                         message = f"{exc.__class__.__name__}: {exc}"
                         runner.store.mark_failed(spec.run_id, message)
-                        report(RunDone(spec, error=message))
+                        report(RunResult(spec, error=message))
                     else:
                         runner.finish(computed)
-                        report(RunDone(spec, computed.metrics, computed.result))
+                        report(RunResult(spec, computed.metrics, computed.result))
         except BaseException:
             for future in pending:
                 future.cancel()
@@ -266,10 +251,10 @@ class RayExecutor(Executor):
         # Any: ray's typed overloads pick a remote function of too few arguments for this one
         self._remote: Any = ray.remote(_compute_in_worker)
 
-    def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunDone]:
+    def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunResult]:
         ray, runner = self.ray, self.runner
         assert runner.store is not None  # the driver's Runner holds the store (Runner.run needs it too)
-        out: list[RunDone] = []
+        out: list[RunResult] = []
         pending: dict[Any, RunSpec] = {}
         busy: list[RunSpec] = []
         suite_ref = ray.put(runner.suite)
@@ -277,7 +262,7 @@ class RayExecutor(Executor):
         for spec in specs:
             record = runner.store.get(spec.run_id)
             if record is not None and record.status == "finished":
-                done = RunDone(spec, record.metrics, record.result, skipped=True)
+                done = RunResult(spec, record.metrics, record.result, skipped=True)
                 out.append(done)
                 if on_done is not None:
                     on_done(done)
@@ -299,14 +284,14 @@ class RayExecutor(Executor):
             ready, _ = ray.wait(list(pending), num_returns=1)
             spec = pending.pop(ready[0])
             try:
-                computed: ComputedRun = ray.get(ready[0])
+                computed: RunResult = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001 - a task that failed after its retries
                 message = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[-1] if str(exc) else ''}"
                 runner.store.mark_failed(spec.run_id, message)
-                done = RunDone(spec, error=message)
+                done = RunResult(spec, error=message)
             else:
                 runner.finish(computed)
-                done = RunDone(spec, computed.metrics, computed.result)
+                done = RunResult(spec, computed.metrics, computed.result)
             out.append(done)
             if on_done is not None:
                 on_done(done)

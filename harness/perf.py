@@ -78,8 +78,13 @@ def hardware_label(device: torch.device) -> str:
     return f"{cpu} ({torch.get_num_threads()} threads)"
 
 
-def _train_step(model: torch.nn.Module, params: list[torch.nn.Parameter], pixels: torch.Tensor,
-                labels: torch.Tensor, amp: bool) -> Callable[[], None]:
+def _train_step(
+    model: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    amp: bool,
+) -> Callable[[], None]:
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     kind = pixels.device.type
 
@@ -116,7 +121,7 @@ def measure_perf(
 ) -> dict[str, Any]:
     """Time ``steps`` train steps of the method, interleaved with ``steps`` plain-backbone steps,
     then eval forwards; ``on_step(done, total)`` reports progress. None: :func:`perf_defaults`."""
-    from .runner import head_for
+    from .objectives.classification import head_for
 
     defaults = perf_defaults(device)
     batch_size = defaults["batch_size"] if batch_size is None else batch_size

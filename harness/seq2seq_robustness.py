@@ -46,8 +46,9 @@ from .robustness import EMBEDDING_UNIT, PIXEL_UNIT, UNITS, check_fgsm_options
 
 if TYPE_CHECKING:
     from petlbench.backbones.ofa.generator import OFAGenerator
+    from petlbench.benchmarks.ofa_tasks.task import ExampleSet
 
-    from .seq2seq import ExampleSet, GenerativeTask
+    from .objectives.seq2seq import DecodingTask
 
 # The pixel grid's steps k/255 (harness/robustness.py DEFAULT_EPSILONS) over the per-channel pixel std
 # of natural images in [0, 1] (ImageNet's 0.229, 0.224, 0.225): 0.0174, 0.0349, 0.0697, 0.1394.
@@ -118,7 +119,7 @@ def embedding_gradient_signs(model: OFAGenerator, batch: Any) -> tuple[torch.Ten
 
 def fgsm_embeddings(
     model: OFAGenerator,
-    task: GenerativeTask,
+    task: DecodingTask,
     examples: ExampleSet,
     *,
     epsilons: Sequence[float] | None = None,
@@ -185,7 +186,7 @@ def fgsm_embeddings(
 
 def fgsm_from_options(
     model: OFAGenerator,
-    task: GenerativeTask,
+    task: DecodingTask,
     examples: ExampleSet,
     options: Mapping[str, Any] | None,
     *,

@@ -26,8 +26,9 @@ from typing import Any
 from petlbench.benchmarks.suites import Protocol, SearchSpace, Suite
 from petlbench.errors import UserError
 
-from .executors import Executor, RunDone
+from .executors import Executor
 from .plan import check_seed, plan_runs
+from .runner import RunResult
 from .spec import RunSpec
 from .store import Store
 
@@ -79,13 +80,13 @@ class Cell:
 
 @dataclass
 class SweepResult:
-    search: list[RunDone]
-    final: list[RunDone]
+    search: list[RunResult]
+    final: list[RunResult]
     chosen: dict[tuple[str, str, str], dict[str, Any]]
-    failed: list[RunDone]
+    failed: list[RunResult]
 
 
-def _selection_score(done: RunDone) -> float | None:
+def _selection_score(done: RunResult) -> float | None:
     values = [v for k, v in done.metrics.items() if k.startswith("selection_")]
     return float(values[0]) if values else None
 
@@ -115,7 +116,7 @@ def run_sweep(
     protocol_overrides: dict[str, Any] | None = None,
     pretrained: bool = True,
     measure: dict[str, Any] | None = None,
-    on_event: Callable[[str, RunDone], None] | None = None,
+    on_event: Callable[[str, RunResult], None] | None = None,
 ) -> SweepResult:
     """Search (``grid``, else the suite's search space unless ``search`` is False), then the final
     seeds with each cell's chosen point."""
@@ -183,7 +184,7 @@ def run_sweep(
                         [search_seed],
                     )
 
-    search_done: list[RunDone] = []
+    search_done: list[RunResult] = []
     for phase_index in range(max((len(p) for p in phases.values()), default=0)):
         phase_specs: list[tuple[Cell, dict[str, Any], RunSpec]] = []
         for cell in cells.values():

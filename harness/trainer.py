@@ -1,10 +1,14 @@
-"""The training loop: SGD/AdamW, the protocol's learning-rate schedule (per step or per epoch, as
-each reference steps it), seeded training augmentation, AMP on GPU, clipping, callbacks, and a
-per-epoch checkpoint of the trainable state only, so a killed run resumes where it died.
+"""The training loop shared by every objective: SGD/AdamW, the protocol's learning-rate schedule (per
+step or per epoch, as each reference steps it), AMP on GPU, clipping, callbacks, and a per-epoch
+checkpoint of the trainable state only, so a killed run resumes where it died.
 
-Resume is exact: each epoch's shuffling, dropout and augmentation draw from generators seeded by
-(seed, epoch), so an epoch replayed after a crash sees the same batches, crops and noise as the
-uninterrupted run.
+The loop trains a task model: the method's parameters and, where the task model has one, its head.
+What a batch's loss is belongs to the objective (``harness/objectives/``): cross-entropy over
+class logits, or a sequence loss over target tokens.
+
+Resume is exact: each epoch's shuffling, dropout and data randomness (augmentation) draw from
+generators seeded by (seed, epoch), so an epoch replayed after a crash sees the same batches, crops
+and noise as the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -18,15 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from petlbench.backbones.classifier import ImageClassifier
-from petlbench.benchmarks.data import TensorImageDataset
-from petlbench.methods.base import Callback, LossContext, Method, frozen_backbone
+from petlbench.methods.base import Callback, Method
 
 from .checkpoint import CheckpointError, load_state, save_state
-from .data import iter_pixels, to_pixels
 
 
 @dataclass
@@ -39,18 +39,16 @@ class TrainConfig:
     momentum: float = 0.9
     warmup_epochs: float = 0.0
     grad_clip: float | None = None
-    eval_batch_size: int = 256
     seed: int = 0
     schedule: str = "linear_warmup_cosine_step"  # petlbench.benchmarks.suites.SCHEDULES
     warmup_lr: float = 1e-5
-    augmentation: str = "none"  # petlbench.benchmarks.augment.AUGMENTATIONS
 
 
 @dataclass
 class TrainContext:
     """What callbacks see."""
 
-    model: ImageClassifier
+    model: nn.Module
     method: Method
     optimizer: torch.optim.Optimizer
     epoch: int = 0
@@ -121,7 +119,12 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
     raise ValueError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
 
 
-_AUGMENT_SALT = 0x5EED_A06  # augmentation draws from its own stream, independent of the batch order
+_DATA_SALT = 0x5EED_A06  # data randomness draws from its own stream, independent of the batch order
+
+
+def dtype_name(device: torch.device) -> str:
+    """How the trainer and evaluators compute (they autocast to bf16 on CUDA only)."""
+    return "bfloat16 autocast" if device.type == "cuda" else "float32"
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -129,42 +132,37 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class Trainer:
+    """Trains ``method``'s parameters and the trainable parameters of ``head`` (a classification
+    head; None for a task model without one) inside ``model``, with a loss the objective gives."""
+
     def __init__(
         self,
-        model: ImageClassifier,
+        model: nn.Module,
         method: Method,
         cfg: TrainConfig,
         *,
+        head: nn.Module | None = None,
         device: torch.device,
         checkpoint_path: Path | None = None,
         callbacks: list[Callback] | None = None,
         progress: Callable[[int, int, float], None] | None = None,
-        cache_features: bool = False,
     ) -> None:
         self.model = model
         self.method = method
+        self.head = head
         self.cfg = cfg
         self.device = device
         self.checkpoint_path = checkpoint_path
         self.callbacks = list(callbacks or [])
         self.progress = progress
         self.params = list(method.trainable_parameters()) + [
-            p for p in model.head.parameters() if p.requires_grad
+            p for p in (head.parameters() if head is not None else ()) if p.requires_grad
         ]
         self.amp = device.type == "cuda"
-        from petlbench.benchmarks.augment import get_augmentation
-
-        self.augmentation = get_augmentation(cfg.augmentation)
-        self.augments = self.augmentation.name != "none"
-        # When the image tower carries no trainable parameter its features cannot change: compute
-        # them once and train the head on them (DESIGN section 8). Augmented images change every
-        # epoch, so then the frozen tower runs every step (without autograd), as the references do.
-        self.cache_features = cache_features and not self.augments
-        self.frozen_image_tower = cache_features
-        # Draws this epoch's augmentation: seeded by (seed, epoch) at the start of every epoch.
-        self.augment_generator = torch.Generator()
-        self._epoch = 0  # where the loop is, for LossContext
-        self._step = 0
+        # Data randomness of the current epoch (augmentation): reseeded by (seed, epoch) at its start.
+        self.data_generator = torch.Generator()
+        self.epoch = 0  # where the loop is (a loss's LossContext reads them)
+        self.step = 0
 
     # ----- checkpoint ---------------------------------------------------------------------------
     def _save(self, epoch: int, ctx: TrainContext, sched: Any, result: TrainResult) -> None:
@@ -174,7 +172,7 @@ class Trainer:
             "epoch": epoch,
             "step": ctx.step,
             "method": self.method.method_state(),
-            "head": {k: v.detach().clone() for k, v in self.model.head.state_dict().items()},
+            "head": _head_state(self.head),
             "optimizer": ctx.optimizer.state_dict(),
             "scheduler": sched.state_dict(),
             "callbacks": [cb.state_dict() for cb in self.callbacks],
@@ -195,7 +193,8 @@ class Trainer:
             self.checkpoint_path.unlink(missing_ok=True)
             return 0
         self.method.load_method_state(state["method"])
-        self.model.head.load_state_dict(state["head"])
+        if self.head is not None:
+            self.head.load_state_dict(state["head"])
         ctx.optimizer.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=True):
@@ -210,81 +209,13 @@ class Trainer:
     # ----- loop ---------------------------------------------------------------------------------
     def fit(
         self,
-        train: TensorImageDataset,
-        evaluate: Callable[[], dict[str, float]] | None = None,
-    ) -> TrainResult:
-        """Train a classifier on ``train`` with cross-entropy on its labels, plus the method's
-        :meth:`Method.extra_loss` when it has one (a :class:`LossContext` with the batch's logits,
-        features and, on demand, the frozen backbone's features, cached per example when the
-        images are the same every epoch)."""
-        if len(train) == 0:
-            raise ValueError("empty training set")
-        self.model.to(self.device)
-        out_size = int(getattr(self.model.backbone, "image_size", train.images.shape[-1]))
-
-        def pixels(idx: torch.Tensor) -> torch.Tensor:
-            images = train.images[idx]
-            if self.augments:
-                images = self.augmentation(images, self.augment_generator, out_size)
-            return to_pixels(images, self.device)
-
-        if self.cache_features:
-            cached = image_features(self.model, train, self.device, self.cfg.eval_batch_size)
-
-            def features(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                return cached[idx.to(cached.device)], torch.empty(0)
-        elif self.frozen_image_tower:
-
-            def features(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                px = pixels(idx)
-                with torch.no_grad():  # frozen tower, augmented input: no autograd graph to keep
-                    return self.model.features(px), px
-        else:
-
-            def features(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                px = pixels(idx)
-                return self.model.features(px), px
-
-        extra = self.method.has_extra_loss()
-        teacher_cache: dict[int, torch.Tensor] = {}  # frozen features per example (fixed images only)
-
-        def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-            labels = train.labels[idx].to(self.device)
-            feats, px = features(idx)
-            logits = self.model.head(feats)
-            loss = F.cross_entropy(logits.float(), labels)
-            if not extra:
-                return loss
-
-            def frozen() -> torch.Tensor:
-                if self.frozen_image_tower:  # the method leaves the image tower as it is
-                    return feats.detach()
-                if not self.augments and all(int(i) in teacher_cache for i in idx):
-                    return torch.stack([teacher_cache[int(i)] for i in idx])
-                with torch.no_grad(), frozen_backbone(self.model.backbone):
-                    out = self.model.features(px)
-                if not self.augments:
-                    for i, f in zip(idx.tolist(), out, strict=True):
-                        teacher_cache[i] = f
-                return out
-
-            term = self.method.extra_loss(
-                LossContext(logits, labels, feats, self.model.head, idx, self._epoch, self._step, frozen)
-            )
-            return loss if term is None else loss + term.float()
-
-        return self.fit_loss(len(train), batch_loss, evaluate)
-
-    def fit_loss(
-        self,
         n: int,
         batch_loss: Callable[[torch.Tensor], torch.Tensor],
         evaluate: Callable[[], dict[str, float]] | None = None,
     ) -> TrainResult:
-        """The loop itself, for any objective: ``batch_loss(indices)`` gives the loss of a batch of
-        the ``n`` training examples (run under autocast). Shuffling, schedule, clipping, callbacks,
-        per-epoch checkpoints and resume are the same for every model (the generative path uses it
-        with a sequence loss)."""
+        """Train on ``n`` examples: ``batch_loss(indices)`` gives the loss of a batch of them (run
+        under autocast). Shuffling, schedule, clipping, callbacks, per-epoch checkpoints and resume
+        are the same for every objective; ``evaluate`` (the selection metric) runs after each epoch."""
         cfg = self.cfg
         if n == 0:
             raise ValueError("empty training set")
@@ -307,14 +238,14 @@ class Trainer:
             torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout noise of this epoch
             gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
             order = torch.randperm(n, generator=gen)
-            self.augment_generator.manual_seed(_epoch_seed(cfg.seed, epoch) ^ _AUGMENT_SALT)
+            self.data_generator.manual_seed(_epoch_seed(cfg.seed, epoch) ^ _DATA_SALT)
             epoch_lr = optimizer.param_groups[0]["lr"]
             self.model.train()
             t0 = time.perf_counter()
             loss_sum = 0.0
             for i in range(steps_per_epoch):
                 idx = order[i * batch : (i + 1) * batch]
-                self._epoch, self._step = epoch, ctx.step
+                self.epoch, self.step = epoch, ctx.step
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                     loss = batch_loss(idx)
                 optimizer.zero_grad(set_to_none=True)
@@ -350,42 +281,5 @@ class Trainer:
         return result
 
 
-@torch.no_grad()
-def image_features(
-    model: ImageClassifier, data: TensorImageDataset, device: torch.device, batch_size: int
-) -> torch.Tensor:
-    """Image features of every example, in float32 on ``device`` (eval mode, no grad)."""
-    was_training = model.training
-    model.eval()
-    feats = []
-    for pixels in iter_pixels(data, device, batch_size):  # a cached split streams from disk
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            feats.append(model.features(pixels).float())
-    model.train(was_training)
-    return torch.cat(feats)
-
-
-@torch.no_grad()
-def predict(
-    model: ImageClassifier,
-    data: TensorImageDataset,
-    device: torch.device,
-    batch_size: int,
-    features: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Predicted labels for every example (eval mode, no grad, bf16 autocast on GPU). With
-    ``features`` (cached image features of ``data``) only the head runs."""
-    was_training = model.training
-    model.eval()
-    preds = []
-    inputs = (
-        (features[start : start + batch_size] for start in range(0, len(data), batch_size))
-        if features is not None
-        else iter_pixels(data, device, batch_size)  # a cached split streams from disk
-    )
-    for x in inputs:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model.head(x) if features is not None else model(x)
-        preds.append(logits.argmax(dim=-1))  # on device: no sync per batch, the next one is read meanwhile
-    model.train(was_training)
-    return torch.cat(preds).cpu() if preds else torch.empty(0, dtype=torch.long)
+def _head_state(head: nn.Module | None) -> dict[str, torch.Tensor]:
+    return {} if head is None else {k: v.detach().clone() for k, v in head.state_dict().items()}

@@ -2,9 +2,7 @@
 frozen OFA backbone with its method's slots, next-token logits out.
 
 Like :class:`~petlbench.backbones.classifier.ImageClassifier`, attacks and measurements act on this
-whole module. ``head`` is an empty module so the trainer's conventions (head parameters, checkpoint
-of the head state) hold unchanged: an encoder-decoder needs no task head, the output projection is
-the shared embedding.
+whole module. It has no task head: the output projection is the shared embedding.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ class OFAGenerator(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.method = method
-        self.head = nn.ModuleDict()
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
         cfg = backbone.ofa_config

@@ -14,7 +14,8 @@ from petlbench.benchmarks.datasets import load_task
 from petlbench.benchmarks.metrics import accuracy
 from petlbench.benchmarks.suites import load_suite
 from petlbench.harness.flops import count_macs, image_gmacs
-from petlbench.harness.trainer import TrainConfig, Trainer, predict
+from petlbench.harness.objectives.classification import fit_classifier, predict
+from petlbench.harness.trainer import TrainConfig, Trainer
 from petlbench.methods.registry import get_method
 
 # Swin-B (swin_base_patch4_window7_224): the numbers below are computed from these alone.
@@ -211,9 +212,10 @@ def test_methods_train_on_tiny_swin_and_beat_their_untrained_state(colors, metho
         model,
         method,
         TrainConfig(epochs=3, batch_size=32, lr=0.1, warmup_epochs=1, grad_clip=1.0, seed=0),
+        head=head,
         device=torch.device("cpu"),
     )
-    result = trainer.fit(colors.split("train"))
+    result = fit_classifier(trainer, model, colors.split("train"))
     trained = accuracy(predict(model, val, torch.device("cpu"), 256), val.labels)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert trained > untrained + 10.0, (untrained, trained)

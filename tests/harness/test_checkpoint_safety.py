@@ -14,6 +14,7 @@ import torch
 
 from petlbench.errors import UserError
 from petlbench.harness.checkpoint import CheckpointError, load_state, save_state
+from petlbench.harness.objectives.classification import fit_classifier
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,10 @@ def _trainer(checkpoint: Path, epochs: int = 2):
         torch.randint(0, 256, (8, 3, 32, 32), generator=g, dtype=torch.uint8), torch.tensor([0, 1] * 4)
     )
     cfg = TrainConfig(epochs=epochs, batch_size=4, lr=0.1, seed=0)
-    return Trainer(model, method, cfg, device=torch.device("cpu"), checkpoint_path=checkpoint), data
+    trainer = Trainer(
+        model, method, cfg, head=model.head, device=torch.device("cpu"), checkpoint_path=checkpoint
+    )
+    return trainer, data
 
 
 def test_state_round_trips_with_int_keys_tuples_and_nan(tmp_path):
@@ -73,7 +77,7 @@ def test_a_planted_pickle_checkpoint_cannot_execute_code_and_training_restarts(t
     trainer, data = _trainer(ckpt)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = trainer.fit(data)
+        result = fit_classifier(trainer, trainer.model, data)
     assert not marker.exists()
     assert result.resumed_from_epoch is None and len(result.history) == 2
     assert any("discarded" in str(w.message) for w in caught)
@@ -81,15 +85,15 @@ def test_a_planted_pickle_checkpoint_cannot_execute_code_and_training_restarts(t
 
 def test_a_truncated_checkpoint_leads_to_a_clean_restart_equal_to_an_uninterrupted_run(tmp_path):
     reference, data = _trainer(tmp_path / "ref" / "c.safetensors")
-    expected = reference.fit(data).history
+    expected = fit_classifier(reference, reference.model, data).history
     ckpt = tmp_path / "cut" / "c.safetensors"
     first, _ = _trainer(ckpt, epochs=1)
-    first.fit(data)  # a checkpoint after epoch 0 ...
+    fit_classifier(first, first.model, data)  # a checkpoint after epoch 0 ...
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # ... truncated by a crash or a disk
     again, _ = _trainer(ckpt)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = again.fit(data)
+        result = fit_classifier(again, again.model, data)
     assert result.resumed_from_epoch is None
     assert [h["loss"] for h in result.history] == pytest.approx([h["loss"] for h in expected])
 

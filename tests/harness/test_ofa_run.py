@@ -162,19 +162,10 @@ def test_ofa_tsv_loader_reads_released_format_files(tmp_path):
 
 
 def test_fgsm_on_embeddings_at_eps_zero_equals_clean(tmp_path):
-    from petlbench.benchmarks.datasets import load_task
-    from petlbench.harness.plan import plan_runs
-    from petlbench.harness.seq2seq import ExampleSet, GenerativeTask, build_generator
     from petlbench.harness.seq2seq_robustness import embedding_gradient_signs, fgsm_embeddings
 
-    suite = load_suite("ofa-smoke")
     for name in ("snli_ve", "refcoco"):
-        task_spec = suite.task(name)
-        data = load_task(task_spec, None)
-        (spec,), _ = plan_runs("prefix", suite, tasks=[name])
-        model, tok = build_generator(spec, data, torch.device("cpu"))
-        task = GenerativeTask(data, tok, task_spec.metric)
-        examples = ExampleSet(data.split("val"), data.task, tok, data.options, 64, train=False)
+        model, task, examples = _smoke_model(name)
         out = fgsm_embeddings(model, task, examples, epsilons=[0.0, 0.5], batch_size=8, max_examples=8)
         assert out["eps"] == [0.0, 0.5] and out["examples"] == 8
         assert out["accuracy"][0] == out["clean"] and out["drop"][0] == 0.0
@@ -193,17 +184,19 @@ def test_fgsm_on_embeddings_at_eps_zero_equals_clean(tmp_path):
 
 
 def _smoke_model(name):
+    """Prefix tuning's generator on an ofa-smoke task, built the way a run builds it: (model, the
+    decoding task, its 64-pixel validation examples)."""
     from petlbench.benchmarks.datasets import load_task
     from petlbench.harness.plan import plan_runs
-    from petlbench.harness.seq2seq import ExampleSet, GenerativeTask, build_generator
+    from petlbench.harness.runner import Runner
 
     suite = load_suite("ofa-smoke")
     task_spec = suite.task(name)
     data = load_task(task_spec, None)
     (spec,), _ = plan_runs("prefix", suite, tasks=[name])
-    model, tok = build_generator(spec, data, torch.device("cpu"))
-    task = GenerativeTask(data, tok, task_spec.metric)
-    return model, task, ExampleSet(data.split("val"), data.task, tok, data.options, 64, train=False)
+    objective = Runner(None, suite, device="cpu").objective(spec, task_spec, data)
+    task = objective.decoding
+    return objective.model, task, task.examples("val", 64, train=False)
 
 
 def test_fgsm_on_ofa_uses_embedding_units_and_ignores_pixel_epsilons():
@@ -305,3 +298,24 @@ def test_vqa_test_split_without_answers_writes_the_submission_file(tmp_path):
     assert [r["question_id"] for r in results] == [9000 + i for i in range(len(test_rows))]
     candidates = {a for row in read_ofa_tsv(root / FILES["vqa"]["train"], "vqa") for a in row.answers}
     assert all(set(r) == {"question_id", "answer"} and r["answer"] in candidates for r in results)
+
+
+# Per-epoch training losses of `bench run --method prefix --suite ofa-smoke --protocol epochs=2` at
+# seed 1 (ofa-test, random init, one thread), recorded before the run paths were unified (issue 16):
+# the generative path must train exactly as it did. Tolerance: float32 kernels differ across CPUs.
+PINNED_PREFIX_LOSSES = {
+    "caption": [7.529423554738362, 6.535366694132487],
+    "refcoco": [7.488671938578288, 6.566033522288005],
+    "snli_ve": [0.6146871348222097, 0.5418245295683543],
+    "vqa": [1.4700318972269695, 1.2759440342585247],
+}
+
+
+def test_ofa_smoke_prefix_losses_are_pinned(tmp_path):
+    store = tmp_path / "s.sqlite"
+    argv = ["run", "--method", "prefix", "--suite", "ofa-smoke", "--no-fgsm", "--jobs", "1"]
+    assert main([*argv, "--store", str(store), "--protocol", "epochs=2"]) == 0
+    losses = {name: [h["loss"] for h in rec.result["history"]] for name, rec in _records(store).items()}
+    assert losses.keys() == PINNED_PREFIX_LOSSES.keys()
+    for name, pinned in PINNED_PREFIX_LOSSES.items():
+        assert losses[name] == pytest.approx(pinned, rel=1e-5), name

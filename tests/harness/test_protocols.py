@@ -14,8 +14,8 @@ from petlbench.benchmarks.suites import SCHEDULES, load_suite
 from petlbench.cli import main
 from petlbench.cli.leaderboard import installed_suite
 from petlbench.errors import UserError
-from petlbench.harness.executors import RunDone
 from petlbench.harness.plan import describe_plan, plan_runs
+from petlbench.harness.runner import RunResult
 from petlbench.harness.sweep import run_sweep
 from petlbench.harness.trainer import TrainConfig, lr_lambda
 from petlbench.methods.adapt import Adapt
@@ -213,7 +213,7 @@ class ScriptedExecutor:
         out = []
         for spec in specs:
             self.seen.append(spec)
-            done = RunDone(spec, {"accuracy": 1.0, "selection_accuracy": self.score(spec)}, {})
+            done = RunResult(spec, {"accuracy": 1.0, "selection_accuracy": self.score(spec)}, {})
             out.append(done)
             if on_done:
                 on_done(done)
@@ -320,10 +320,12 @@ class _Stop(Exception):
 def _recording_trainer(
     tmp_path, epochs, *, stop_at_epoch=None, start_epoch=0, augmentation="random_resized_crop_flip"
 ):
-    """A linear probe on tiny-vit whose image-tower inputs are recorded per epoch."""
+    """A linear probe on tiny-vit whose image-tower inputs are recorded per epoch: (train, seen, model),
+    where ``train(data, cache_features=True)`` fits it with ``augmentation``."""
     from petlbench.backbones import build_backbone
     from petlbench.backbones.classifier import ImageClassifier
     from petlbench.backbones.heads import LinearHead
+    from petlbench.harness.objectives.classification import fit_classifier
     from petlbench.harness.trainer import Trainer
     from petlbench.methods.base import Callback
     from petlbench.methods.linear import LinearProbe
@@ -355,17 +357,21 @@ def _recording_trainer(
             if stop_at_epoch is not None and ctx.epoch == stop_at_epoch:
                 raise _Stop  # dies in the middle of that epoch: its checkpoint is the epoch before
 
-    cfg = TrainConfig(epochs=epochs, batch_size=4, lr=0.1, seed=3, augmentation=augmentation)
+    cfg = TrainConfig(epochs=epochs, batch_size=4, lr=0.1, seed=3)
     trainer = Trainer(
         model,
         method,
         cfg,
+        head=model.head,
         device=torch.device("cpu"),
         checkpoint_path=tmp_path / "ckpt.pt",
         callbacks=[Epochs()],
-        cache_features=True,
     )
-    return trainer, seen
+
+    def train(data, cache_features=True):
+        return fit_classifier(trainer, model, data, augmentation=augmentation, cache_features=cache_features)
+
+    return train, seen, model
 
 
 def _images():
@@ -382,36 +388,35 @@ def _train_batches(seen, epoch):
 
 def test_two_epochs_see_different_crops_and_a_resumed_run_replays_them(tmp_path):
     data = _images()
-    trainer, seen = _recording_trainer(tmp_path / "a", 2)
-    trainer.fit(data)
+    train, seen, _ = _recording_trainer(tmp_path / "a", 2)
+    train(data)
     first, second = _train_batches(seen, 0), _train_batches(seen, 1)
     raw = data.images.float() / 255
     assert first.shape == second.shape == (4, 3, 32, 32)
     assert not torch.equal(first, second)  # a new crop every epoch (same batch order or not)
     assert not any(torch.equal(first.sort(0).values, raw.sort(0).values) for _ in [0])
     # Killed after epoch 0, then resumed from its checkpoint: epoch 1 replays the same crops.
-    killed, _ = _recording_trainer(tmp_path / "b", 2, stop_at_epoch=1)
+    killed, _, _ = _recording_trainer(tmp_path / "b", 2, stop_at_epoch=1)
     with pytest.raises(_Stop):
-        killed.fit(data)
-    resumed, seen_resumed = _recording_trainer(tmp_path / "b", 2, start_epoch=1)
-    result = resumed.fit(data)
+        killed(data)
+    resumed, seen_resumed, _ = _recording_trainer(tmp_path / "b", 2, start_epoch=1)
+    result = resumed(data)
     assert result.resumed_from_epoch == 1
     assert torch.equal(_train_batches(seen_resumed, 1), second)
 
 
 def test_evaluation_never_augments_and_no_augmentation_keeps_the_pixels(tmp_path):
-    from petlbench.harness.trainer import predict
+    from petlbench.harness.objectives.classification import predict
 
     data = _images()
-    trainer, seen = _recording_trainer(tmp_path, 1)
-    trainer.fit(data)
+    train, seen, model = _recording_trainer(tmp_path, 1)
+    train(data)
     seen.clear()
-    predict(trainer.model, data, torch.device("cpu"), batch_size=4)
+    predict(model, data, torch.device("cpu"), batch_size=4)
     (_, training, pixels), *_ = seen
     assert not training and torch.equal(pixels, data.images.float() / 255)
-    plain, seen_plain = _recording_trainer(tmp_path / "plain", 1, augmentation="none")
-    plain.cache_features = False  # run the tower on the pixels to see them
-    plain.fit(data)
+    plain, seen_plain, _ = _recording_trainer(tmp_path / "plain", 1, augmentation="none")
+    plain(data, cache_features=False)  # run the tower on the pixels to see them
     batch = _train_batches(seen_plain, 0)
     assert sorted(batch.flatten().tolist()) == sorted((data.images.float() / 255).flatten().tolist())
 

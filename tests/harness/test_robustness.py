@@ -7,6 +7,7 @@ from petlbench.backbones import build_backbone
 from petlbench.backbones.classifier import ImageClassifier
 from petlbench.backbones.heads import LinearHead
 from petlbench.benchmarks.data import TensorImageDataset
+from petlbench.harness.objectives.classification import fit_classifier
 from petlbench.harness.robustness import fgsm
 from petlbench.harness.trainer import TrainConfig, Trainer
 from petlbench.methods.linear import LinearProbe
@@ -28,13 +29,14 @@ def trained():
     method = LinearProbe()
     method.attach(backbone)
     model = ImageClassifier(backbone, LinearHead(backbone.feature_dim, 3), method)
-    Trainer(
+    trainer = Trainer(
         model,
         method,
         TrainConfig(epochs=30, batch_size=32, lr=0.5, seed=0),
+        head=model.head,
         device=torch.device("cpu"),
-        cache_features=True,
-    ).fit(_colour_task(256, 0))
+    )
+    fit_classifier(trainer, model, _colour_task(256, 0), cache_features=True)
     return model
 
 

@@ -12,8 +12,8 @@ from petlbench.backbones import build_backbone
 from petlbench.backbones.classifier import ImageClassifier
 from petlbench.benchmarks.data import TaskData
 from petlbench.benchmarks.metrics import accuracy
-from petlbench.harness.runner import head_for
-from petlbench.harness.trainer import TrainConfig, Trainer, TrainResult, predict
+from petlbench.harness.objectives.classification import fit_classifier, head_for, predict
+from petlbench.harness.trainer import TrainConfig, Trainer, TrainResult
 from petlbench.methods.base import Method
 from petlbench.methods.registry import get_method
 
@@ -63,9 +63,10 @@ def train_on(
         model,
         method,
         TrainConfig(epochs=epochs, batch_size=32, lr=lr, warmup_epochs=1, grad_clip=1.0, seed=0),
+        head=model.head,
         device=torch.device("cpu"),
     )
-    result = trainer.fit(data.split("train"))
+    result = fit_classifier(trainer, model, data.split("train"))
     after_acc = accuracy(predict(model, val, torch.device("cpu"), 256), val.labels)
     return Trained(model, method, before, result, before_acc, after_acc)
 

@@ -13,6 +13,7 @@ from petlbench.backbones.heads import LinearHead, TextClassifierHead
 from petlbench.backbones.slots import MaskedTokens
 from petlbench.benchmarks.data import TensorImageDataset
 from petlbench.errors import UserError
+from petlbench.harness.objectives.classification import fit_classifier
 from petlbench.harness.trainer import TrainConfig, Trainer
 from petlbench.methods import get_method
 from petlbench.methods.adapt import (
@@ -218,23 +219,25 @@ def _clip_model(seed=0, **cfg):
     return ImageClassifier(backbone, head, method), method
 
 
-def _trainer(model, method, epochs, path=None, progress=None):
+def _train(model, method, epochs, data, path=None, progress=None):
     cfg = TrainConfig(epochs=epochs, batch_size=4, lr=0.05, seed=3)
-    return Trainer(
+    trainer = Trainer(
         model,
         method,
         cfg,
+        head=model.head,
         device=torch.device("cpu"),
         checkpoint_path=path,
         callbacks=method.callbacks(),
         progress=progress,
     )
+    return fit_classifier(trainer, model, data)
 
 
 def test_training_prunes_to_the_target_at_multiples_of_n_k_after_warmup():
     cfg = dict(SMALL, target_tokens=5, accumulation_steps=2, prune_rate=4, warmup_epochs=1)
     model, method = _clip_model(**cfg)
-    _trainer(model, method, epochs=4).fit(_data())  # 3 steps per epoch, 12 steps
+    _train(model, method, epochs=4, data=_data())  # 3 steps per epoch, 12 steps
     (pruner,) = method.callbacks()
     steps = [h[0] for h in pruner.history]
     assert steps == [4] * 4 + [6] * 4 + [8] * 3  # first multiple of 2 in epoch 1 is step 4; 16 -> 5
@@ -252,7 +255,7 @@ def test_resumed_run_prunes_identically(tmp_path):
     cfg = dict(SMALL, target_tokens=6, accumulation_steps=4, prune_rate=3, warmup_epochs=1)
     data = _data()
     model, method = _clip_model(**cfg)
-    _trainer(model, method, epochs=6).fit(data)
+    _train(model, method, epochs=6, data=data)
     want_history = list(method.callbacks()[0].history)
     assert [h[0] for h in want_history] == [4] * 3 + [8] * 3 + [12] * 3 + [16]
 
@@ -263,7 +266,7 @@ def test_resumed_run_prunes_identically(tmp_path):
     path = tmp_path / "ckpt.pt"
     model2, method2 = _clip_model(**cfg)
     with pytest.raises(RuntimeError, match="killed"):
-        _trainer(model2, method2, epochs=6, path=path, progress=crash).fit(data)
+        _train(model2, method2, epochs=6, path=path, progress=crash, data=data)
     from petlbench.harness.checkpoint import load_state
 
     saved = load_state(path)
@@ -271,7 +274,7 @@ def test_resumed_run_prunes_identically(tmp_path):
     assert saved["method"]["mask_image"].dtype == torch.bool
 
     model3, method3 = _clip_model(seed=99, **cfg)  # different init: everything must come from disk
-    result = _trainer(model3, method3, epochs=6, path=path).fit(data)
+    result = _train(model3, method3, epochs=6, path=path, data=data)
     assert result.resumed_from_epoch == 2
     assert method3.callbacks()[0].history == want_history
     for key, value in method.method_state().items():
@@ -289,7 +292,7 @@ def test_tiny_vit_image_only():
     assert method.num_trainable_parameters() == 2 * 16 * 64
     assert not torch.allclose(backbone.encode_image(pixels), base, atol=1e-4)
     model = ImageClassifier(backbone, LinearHead(backbone.feature_dim, 3), method)
-    _trainer(model, method, epochs=2).fit(_data())
+    _train(model, method, epochs=2, data=_data())
     assert method.active_total() == 20 and method.num_trainable_parameters() == 20 * 64
     method.mask("image").zero_()
     torch.testing.assert_close(backbone.encode_image(pixels), base, atol=1e-5, rtol=1e-5)
@@ -385,7 +388,7 @@ def micro_pruned():
     """micro-clip, default fraction: 12 images, batch 4 = 3 steps an epoch; the first prune is at step 4
     (epoch 1), then every 2 steps: 19 prunes end at step 40, inside the 14 epochs (42 steps)."""
     model, method = _micro_model(**FAST)
-    _trainer(model, method, epochs=14).fit(_data())
+    _train(model, method, epochs=14, data=_data())
     return method
 
 
@@ -407,7 +410,7 @@ def test_micro_clip_default_fraction_prunes_exactly_to_the_target(micro_pruned):
 
 def test_too_few_steps_after_warmup_is_reported():
     model, method = _micro_model(**FAST)
-    _trainer(model, method, epochs=6).fit(_data())  # 18 steps: prunes at 4, 6, ..., 18
+    _train(model, method, epochs=6, data=_data())  # 18 steps: prunes at 4, 6, ..., 18
     facts = method.describe()
     assert facts["reached_target"] is False and facts["pruning_steps"] == 8
     assert facts["active_total"] == 112 - 8 * 4 == 80
@@ -418,7 +421,7 @@ def test_too_few_steps_after_warmup_is_reported():
     assert "train at least 14 epochs" in facts["warning"]
 
     model, method = _micro_model()  # the paper's n_k = 80 and 5 warmup epochs: 2 epochs prune nothing
-    _trainer(model, method, epochs=2).fit(_data())
+    _train(model, method, epochs=2, data=_data())
     facts = method.describe()
     assert facts["reached_target"] is False and facts["pruning_steps"] == 0 and facts["active_total"] == 112
     # first prune at step 80 (the first multiple of 80 after the 15 warmup steps), the 19th at 80 + 18 x 80

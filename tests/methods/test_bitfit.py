@@ -9,7 +9,7 @@ from smoke_training import train_on
 from petlbench.backbones import build_backbone
 from petlbench.backbones.heads import LinearHead
 from petlbench.errors import UserError
-from petlbench.harness.runner import count_parameters
+from petlbench.harness.objectives import count_parameters
 from petlbench.methods.bitfit import BitFit, BitFitConfig, BitFitOFA
 from petlbench.methods.registry import get_method
 

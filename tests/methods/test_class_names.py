@@ -7,7 +7,7 @@ import torch
 
 from petlbench.backbones import build_backbone
 from petlbench.backbones.heads import TextClassifierHead, class_prompts, prompt_class_name
-from petlbench.harness.runner import head_for
+from petlbench.harness.objectives.classification import head_for
 from petlbench.methods import get_method
 from petlbench.methods.cocoop import CoCoOp
 from petlbench.methods.coop import CoOp

@@ -184,6 +184,7 @@ def test_loss_falls_on_smoke_colors(cls, cfg, drop):
     """On the tiny random-feature CLIP a unified context can move the class features only a little
     (the loss starts at chance and falls slowly); class-specific context learns fast."""
     from petlbench.harness.data import subset
+    from petlbench.harness.objectives.classification import fit_classifier
     from petlbench.harness.trainer import TrainConfig, Trainer
 
     train, names = _colors()
@@ -192,8 +193,8 @@ def test_loss_falls_on_smoke_colors(cls, cfg, drop):
     method, head = _attach(cls, backbone, names, **cfg)
     model = ImageClassifier(backbone, head, method)
     cfg = TrainConfig(epochs=3, batch_size=16, lr=1.0, grad_clip=1.0, seed=0)
-    trainer = Trainer(model, method, cfg, device=torch.device("cpu"), cache_features=True)
-    losses = [h["loss"] for h in trainer.fit(train).history]
+    trainer = Trainer(model, method, cfg, head=head, device=torch.device("cpu"))
+    losses = [h["loss"] for h in fit_classifier(trainer, model, train, cache_features=True).history]
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
     assert losses[-1] < losses[0] - drop, losses
 

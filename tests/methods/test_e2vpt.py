@@ -3,7 +3,6 @@ rewind stages through the harness (with stage resume)."""
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +14,8 @@ from petlbench.backbones.heads import LinearHead
 from petlbench.benchmarks.data import TensorImageDataset
 from petlbench.benchmarks.suites import Protocol
 from petlbench.errors import UserError
-from petlbench.harness.runner import Runner
+from petlbench.harness.objectives.classification import fit_classifier, pixel_batches
+from petlbench.harness.stages import StageRun, train_stages
 from petlbench.methods import get_method
 from petlbench.methods.e2vpt import E2VPT, E2VPTConfig
 from petlbench.methods.vpt import VPT, VPTConfig
@@ -277,11 +277,19 @@ def _model(seed=0, **cfg):
 
 
 def _stages(tmp_path, model, method, on_step=None):
-    runner = Runner(None, None, device="cpu", checkpoint_dir=tmp_path / "ckpt")
     protocol = Protocol(epochs=4, batch_size=4, lr=0.05, warmup_epochs=0, grad_clip=1.0)
-    spec = SimpleNamespace(run_id="run", seed=3)
-    return runner._train_stages(
-        spec, protocol, model, method, _data(), on_step, lambda: {"selection": 0.0}, False
+    cpu = torch.device("cpu")
+    run = StageRun("run", 3, protocol, cpu, tmp_path / "ckpt" / "run", on_step)
+    train = _data()
+    return train_stages(
+        run,
+        model,
+        method,
+        model.head,
+        lambda trainer, evaluate: fit_classifier(trainer, model, train, evaluate),
+        lambda: {"selection": 0.0},
+        train_examples=len(train),
+        batches=pixel_batches(train, 4, cpu),
     )
 
 

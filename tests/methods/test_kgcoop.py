@@ -90,6 +90,7 @@ def test_forward_and_loss_match_the_reference(tiny_clip):
 def test_trainer_adds_the_extra_loss(tiny_clip):
     """One full-batch epoch at lr 0: the recorded loss is CE + w * (1 - mean cos), on the trainer's path."""
     from petlbench.benchmarks.data import TensorImageDataset
+    from petlbench.harness.objectives.classification import fit_classifier
     from petlbench.harness.trainer import TrainConfig, Trainer
 
     method, head = _attach(tiny_clip, weight=3.0)
@@ -99,7 +100,8 @@ def test_trainer_adds_the_extra_loss(tiny_clip):
     labels = torch.arange(9) % 3
     data = TensorImageDataset(images, labels)
     cfg = TrainConfig(epochs=1, batch_size=9, lr=0.0, seed=0)
-    history = Trainer(model, method, cfg, device=torch.device("cpu"), cache_features=True).fit(data).history
+    trainer = Trainer(model, method, cfg, head=head, device=torch.device("cpu"))
+    history = fit_classifier(trainer, model, data, cache_features=True).history
     with torch.no_grad():
         logits = model(images.float() / 255)
         text = _reference_text(tiny_clip, method.ctx, NAMES)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from petlbench.backbones import build_backbone
 from petlbench.errors import UserError
-from petlbench.harness.runner import count_parameters
+from petlbench.harness.objectives import count_parameters
 from petlbench.methods import get_method
 from petlbench.methods.maple import IVLP, MaPLe, MaPLeConfig
 from petlbench.methods.promptsrc import PromptSRC

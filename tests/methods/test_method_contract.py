@@ -16,8 +16,8 @@ from petlbench.backbones.classifier import ImageClassifier
 from petlbench.backbones.registry import backbone_entries
 from petlbench.benchmarks.suites import load_suite
 from petlbench.errors import UserError
+from petlbench.harness.objectives.classification import fit_classifier, head_for
 from petlbench.harness.plan import plan_runs
-from petlbench.harness.runner import head_for
 from petlbench.harness.trainer import TrainConfig, Trainer
 from petlbench.methods.base import Method, StageContext
 from petlbench.methods.compose import compose
@@ -162,9 +162,10 @@ def test_trains_on_the_smoke_suite_with_the_backbone_frozen(colors, name, backbo
         model,
         method,
         TrainConfig(epochs=2, batch_size=32, lr=0.05, warmup_epochs=1, grad_clip=1.0, seed=0),
+        head=head,
         device=torch.device("cpu"),
     )
-    result = trainer.fit(colors.split("train"))
+    result = fit_classifier(trainer, model, colors.split("train"))
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     after = backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

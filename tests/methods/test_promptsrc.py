@@ -98,6 +98,7 @@ def test_trainer_path_uses_frozen_image_features():
     """One full-batch epoch at lr 0 (GPA with one epoch keeps the prompts): the recorded loss is the
     reference's total, with the frozen tower's features computed by the trainer."""
     from petlbench.benchmarks.data import TensorImageDataset
+    from petlbench.harness.objectives.classification import fit_classifier
     from petlbench.harness.trainer import TrainConfig, Trainer
 
     backbone = build_backbone("tiny-clip")
@@ -111,8 +112,8 @@ def test_trainer_path_uses_frozen_image_features():
     method, head = _attached(backbone)
     model = ImageClassifier(backbone, head, method)
     cfg = TrainConfig(epochs=1, batch_size=6, lr=0.0, seed=0)
-    trainer = Trainer(model, method, cfg, device=torch.device("cpu"), callbacks=method.callbacks())
-    history = trainer.fit(TensorImageDataset(images, labels)).history
+    trainer = Trainer(model, method, cfg, head=head, device=torch.device("cpu"), callbacks=method.callbacks())
+    history = fit_classifier(trainer, model, TensorImageDataset(images, labels)).history
     with torch.no_grad():
         features = model.features(pixels)
         logits = head(features)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .slots import LayerSlots
 
@@ -135,12 +136,25 @@ def sequence_bias(
 
     Shape broadcastable to (B, heads, L, L); ``-inf`` where a key may not be seen.
     """
-    mask = torch.zeros(1, 1, length, length, dtype=dtype, device=device)
-    if attn_bias is not None:
-        mask = mask + attn_bias.to(dtype)
+    mask = _key_mask(length, length, dtype, device, attn_bias, key_padding_mask)
     if causal:
         upper = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
-        mask = mask.masked_fill(upper, float("-inf"))
+        mask = mask.masked_fill(upper, float("-inf"))  # -inf fills commute with the padding's
+    return mask
+
+
+def _key_mask(
+    rows: int,
+    keys: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    attn_bias: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Zeros (1, 1, rows, keys) plus ``attn_bias``, ``-inf`` at the padded keys."""
+    mask = torch.zeros(1, 1, rows, keys, dtype=dtype, device=device)
+    if attn_bias is not None:
+        mask = mask + attn_bias.to(dtype)
     if key_padding_mask is not None:
         if key_padding_mask.dtype != torch.bool:
             raise TypeError("key_padding_mask must be boolean (True = padding)")
@@ -148,33 +162,31 @@ def sequence_bias(
     return mask
 
 
+def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, L, d) -> (B, heads, L, d_head)."""
+    batch, length, width = t.shape
+    return t.view(batch, length, heads, width // heads).transpose(1, 2)
+
+
+# Cross-attention reads its projections as modules: an encoder-decoder's q/k/v/out projections are
+# separate ``nn.Linear`` layers (no fused weight that a method might replace, as in self-attention).
 def project_memory(
-    memory: torch.Tensor,
-    k_weight: torch.Tensor,
-    k_bias: torch.Tensor | None,
-    v_weight: torch.Tensor,
-    v_bias: torch.Tensor | None,
-    heads: int,
+    memory: torch.Tensor, k_proj: nn.Linear, v_proj: nn.Linear, heads: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values (B, heads, S, d_head) of an encoder output (B, S, d) for :func:`cross_attention`.
 
     Split from the attention itself so a decoder computes them once per input, not once per step.
     """
-    batch, length, width = memory.shape
-    head_dim = width // heads
-    k = F.linear(memory, k_weight, k_bias).view(batch, length, heads, head_dim).transpose(1, 2)
-    v = F.linear(memory, v_weight, v_bias).view(batch, length, heads, head_dim).transpose(1, 2)
-    return k, v
+    k = F.linear(memory, k_proj.weight, k_proj.bias)
+    v = F.linear(memory, v_proj.weight, v_proj.bias)
+    return _split_heads(k, heads), _split_heads(v, heads)
 
 
 def cross_attention(
     x: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    q_weight: torch.Tensor,
-    q_bias: torch.Tensor | None,
-    out_weight: torch.Tensor,
-    out_bias: torch.Tensor | None,
+    memory_kv: tuple[torch.Tensor, torch.Tensor],
+    q_proj: nn.Linear,
+    out_proj: nn.Linear,
     heads: int,
     *,
     attn_bias: torch.Tensor | None = None,
@@ -182,27 +194,21 @@ def cross_attention(
     scale: float | None = None,
     head_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Multi-head attention of queries ``x`` (B, T, d) over precomputed ``keys``/``values``
-    (B, heads, S, d_head) of another sequence (an encoder-decoder's cross-attention).
+    """Multi-head attention of queries ``x`` (B, T, d) over the keys and values (B, heads, S, d_head)
+    of another sequence, from :func:`project_memory` (an encoder-decoder's cross-attention).
 
     No slots: methods that prompt self-attention (prefix tuning) leave cross-attention as it is, as
     OFA prompt tuning does. ``attn_bias`` broadcasts to (B, heads, T, S); ``key_padding_mask`` is bool
     (B, S), True where a key is padding.
     """
     batch, length, width = x.shape
-    head_dim = width // heads
-    q = F.linear(x, q_weight, q_bias).view(batch, length, heads, head_dim).transpose(1, 2)
+    keys, values = memory_kv
+    q = _split_heads(F.linear(x, q_proj.weight, q_proj.bias), heads)
     mask = None
     if attn_bias is not None or key_padding_mask is not None:
-        mask = torch.zeros(1, 1, 1, keys.shape[2], dtype=q.dtype, device=x.device)
-        if attn_bias is not None:
-            mask = mask + attn_bias.to(q.dtype)
-        if key_padding_mask is not None:
-            if key_padding_mask.dtype != torch.bool:
-                raise TypeError("key_padding_mask must be boolean (True = padding)")
-            mask = mask.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        mask = _key_mask(1, keys.shape[2], q.dtype, x.device, attn_bias, key_padding_mask)
     out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=scale)
     if head_transform is not None:
         out = head_transform(out)
     out = out.transpose(1, 2).reshape(batch, length, width)
-    return F.linear(out, out_weight, out_bias)
+    return F.linear(out, out_proj.weight, out_proj.bias)

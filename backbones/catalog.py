@@ -126,9 +126,7 @@ VIT_B16_AUGREG = BackboneEntry(
     "vit",
     "supervised ViT-B/16, AugReg ImageNet-21k (timm 'vit_base_patch16_224.augreg_in21k'), "
     "mean/std 0.5 (timm's config); not the VPT checkpoint",
-    lambda pretrained: build_timm_vit(
-        "vit-b16-augreg", "vit_base_patch16_224.augreg_in21k", pretrained
-    ),
+    lambda pretrained: build_timm_vit("vit-b16-augreg", "vit_base_patch16_224.augreg_in21k", pretrained),
     pretrained="timm:vit_base_patch16_224.augreg_in21k",
     mean=INCEPTION_MEAN,  # from timm's pretrained_cfg (the builder reads it; the test checks)
     std=INCEPTION_STD,

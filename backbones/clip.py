@@ -13,6 +13,7 @@ from petlbench.errors import UserError
 
 from .base import Backbone
 from .random_features import random_feature_init
+from .seeding import seeded
 from .tower import BlockView, Inserted, Tower, insert_tokens
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -217,17 +218,13 @@ def build_tiny_clip(name: str, seed: int = 0) -> ClipBackbone:
     """A CLIP of the real architecture family, tiny (width 64, 2 layers, 32x32 images), seeded init."""
     from open_clip.model import CLIP
 
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded(seed):
         model = CLIP(
             embed_dim=64,
             vision_cfg={"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
             text_cfg={"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
         )
         random_feature_init(model, seed)
-    finally:
-        torch.random.set_rng_state(gen_state)
     return ClipBackbone(
         name,
         model,

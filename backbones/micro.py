@@ -20,6 +20,7 @@ import torch
 from petlbench.errors import UserError
 
 from .clip import ClipBackbone
+from .seeding import seeded
 from .vit import TimmViTBackbone
 from .word_tokenizer import WordTokenizer
 
@@ -55,17 +56,12 @@ def micro_clip_model(seed: int = 0, vocabulary: list[str] | None = None) -> torc
     from open_clip.model import CLIP
 
     tokenizer = micro_tokenizer(vocabulary)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = CLIP(
+    with seeded(seed):
+        return CLIP(
             embed_dim=MICRO_CLIP["embed_dim"],
             vision_cfg=dict(MICRO_CLIP["vision"]),
             text_cfg={**MICRO_CLIP["text"], "vocab_size": tokenizer.vocab_size},
         )
-    finally:
-        torch.random.set_rng_state(state)
-    return model
 
 
 def micro_tokenizer(vocabulary: list[str] | None = None) -> WordTokenizer:
@@ -76,13 +72,8 @@ def micro_tokenizer(vocabulary: list[str] | None = None) -> WordTokenizer:
 def micro_vit_model(num_classes: int = 0, seed: int = 0) -> torch.nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        vit = VisionTransformer(**MICRO_VIT, num_classes=num_classes)
-    finally:
-        torch.random.set_rng_state(state)
-    return vit
+    with seeded(seed):
+        return VisionTransformer(**MICRO_VIT, num_classes=num_classes)
 
 
 def wrap_micro_clip(

@@ -35,7 +35,6 @@ Slots on Swin:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, cast
 
 import torch
@@ -47,9 +46,17 @@ from petlbench.errors import UserError
 from .attention import slot_attention
 from .base import Backbone
 from .random_features import random_feature_init
+from .seeding import seeded
 from .slots import InputTokens, LayerSlots
 from .tower import BlockView, Inserted, Tower
-from .vit import IMAGENET_MEAN, IMAGENET_STD, create_timm_model, fold_affine, timm_image_facts
+from .vit import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    create_timm_model,
+    fold_affine,
+    timm_block_view,
+    timm_image_facts,
+)
 
 TINY_SWIN: dict[str, Any] = {
     "img_size": 32,
@@ -167,13 +174,10 @@ def _swin_views(swin: Any) -> list[SwinBlockView]:
             if attn.qkv.out_features != 3 * blk.dim or attn.proj.in_features != blk.dim:
                 raise UserError("timm Swin with head_dim * heads != width is not supported")
             views.append(
-                SwinBlockView(
-                    ln_1=blk.norm1,
-                    ln_2=blk.norm2,
-                    mlp=blk.mlp,
-                    qkv_weight=partial(getattr, attn.qkv, "weight"),
-                    qkv_bias=partial(getattr, attn.qkv, "bias"),
-                    out_proj=attn.proj,
+                timm_block_view(
+                    SwinBlockView,
+                    blk,
+                    attn,
                     ls_1=nn.Identity(),
                     ls_2=nn.Identity(),
                     block=blk,
@@ -281,13 +285,9 @@ def tiny_swin_model(seed: int = 0) -> nn.Module:
     """The raw timm model of ``tiny-swin`` (32px, patch 4, width 32/64, 2+2 blocks, window 2)."""
     from timm.models.swin_transformer import SwinTransformer
 
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded(seed):
         swin = SwinTransformer(**TINY_SWIN, num_classes=0, drop_path_rate=0.0)
         random_feature_init(swin, seed)
-    finally:
-        torch.random.set_rng_state(state)
     return swin.eval()
 
 

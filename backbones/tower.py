@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -120,18 +120,19 @@ class MlpParts:
 def mlp_parts(mlp: nn.Module) -> MlpParts:
     """timm's ``Mlp`` (fc1, act, drop1, norm, fc2, drop2) or open_clip's (c_fc, gelu, c_proj); any other
     MLP (gated, SwiGLU) has no single fc1/fc2 pair and is refused."""
-    if isinstance(getattr(mlp, "fc1", None), nn.Linear) and isinstance(getattr(mlp, "fc2", None), nn.Linear):
+    fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+    if isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear):
         if getattr(mlp, "chunk", None) is not None or hasattr(mlp, "gate"):
             raise ValueError(f"{type(mlp).__name__}: gated MLPs have no single fc1/fc2 pair")
-        m = mlp
+        m: Any = mlp  # timm's Mlp; ``between`` reads its submodules at call time
 
         def between(u: torch.Tensor) -> torch.Tensor:
             return m.norm(m.drop1(m.act(u)))
 
-        return MlpParts(m.fc1, between, m.fc2, m.drop2)
+        return MlpParts(fc1, between, fc2, m.drop2)
     c_fc, c_proj = getattr(mlp, "c_fc", None), getattr(mlp, "c_proj", None)
     if isinstance(c_fc, nn.Linear) and isinstance(c_proj, nn.Linear):
-        return MlpParts(mlp.c_fc, mlp.gelu, mlp.c_proj, _identity)
+        return MlpParts(c_fc, cast(nn.Module, mlp.gelu), c_proj, _identity)
     raise ValueError(f"unsupported MLP {type(mlp).__name__}: expected timm Mlp or open_clip's c_fc/c_proj")
 
 

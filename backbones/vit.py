@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import torch
 from torch import nn
@@ -12,6 +12,7 @@ from petlbench.errors import UserError
 
 from .base import Backbone
 from .random_features import random_feature_init
+from .seeding import seeded
 from .tower import BlockView, Tower, strip_inserted
 
 # ImageNet mean/std, as VPT and E2VPT normalise every image for every backbone
@@ -22,6 +23,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # timm's default for its ViTs (timm.data.constants IMAGENET_INCEPTION_MEAN/STD): inputs in [-1, 1].
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+View = TypeVar("View", bound=BlockView)
+
+
+def timm_block_view(view: type[View], blk: Any, attn: Any, **fields: Any) -> View:
+    """A view of a timm block (ViT's ``Block``, Swin's ``SwinTransformerBlock``): ``norm1``/``norm2``,
+    ``mlp`` and the attention's ``qkv``/``proj`` read in place (the q/k/v getters read the parameters
+    at call time), plus the ``fields`` in which the block types differ."""
+    return view(
+        ln_1=blk.norm1,
+        ln_2=blk.norm2,
+        mlp=blk.mlp,
+        qkv_weight=partial(getattr, attn.qkv, "weight"),
+        qkv_bias=partial(getattr, attn.qkv, "bias"),
+        out_proj=attn.proj,
+        **fields,
+    )
 
 
 def _timm_views(blocks: nn.Sequential) -> list[BlockView]:
@@ -38,17 +57,8 @@ def _timm_views(blocks: nn.Sequential) -> list[BlockView]:
         if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:
             raise UserError("timm attention with scale-norm or gating is not supported")
         views.append(
-            BlockView(
-                ln_1=blk.norm1,
-                ln_2=blk.norm2,
-                mlp=blk.mlp,
-                qkv_weight=partial(getattr, attn.qkv, "weight"),
-                qkv_bias=partial(getattr, attn.qkv, "bias"),
-                out_proj=attn.proj,
-                ls_1=blk.ls1,
-                ls_2=blk.ls2,
-                q_norm=attn.q_norm,
-                k_norm=attn.k_norm,
+            timm_block_view(
+                BlockView, blk, attn, ls_1=blk.ls1, ls_2=blk.ls2, q_norm=attn.q_norm, k_norm=attn.k_norm
             )
         )
     return views
@@ -105,19 +115,22 @@ def fold_affine(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor, *, 
         bias.mul_(scale_b).add_(shift_b)
 
 
+class Normalization(TypedDict, total=False):
+    """``mean``/``std`` that override a timm model's pretrained config (None: keep timm's)."""
+
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+
 def timm_image_facts(
-    model: Any,
-    default_mean: tuple[float, ...],
-    default_std: tuple[float, ...],
-    *,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
+    model: Any, default_mean: tuple[float, ...], default_std: tuple[float, ...], **norm: Unpack[Normalization]
 ) -> dict[str, Any]:
     """What a :class:`Backbone` needs to know of a timm image model: input size, normalisation
     (``mean``/``std`` when given, which override timm's; else its pretrained config's; else the
     defaults given), feature size, interpolation."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     size = model.patch_embed.img_size
+    mean, std = norm.get("mean"), norm.get("std")
     return {
         "image_size": int(size[0] if isinstance(size, tuple | list) else size),
         "mean": mean if mean is not None else cfg.get("mean", default_mean),
@@ -144,46 +157,27 @@ def create_timm_model(arch: str, pretrained: bool) -> nn.Module:
 class TimmViTBackbone(Backbone):
     kind = "vit"
 
-    def __init__(
-        self,
-        name: str,
-        vit: Any,
-        config: dict,
-        *,
-        mean: tuple[float, ...] | None = None,
-        std: tuple[float, ...] | None = None,
-    ) -> None:
-        facts = timm_image_facts(vit, INCEPTION_MEAN, INCEPTION_STD, mean=mean, std=std)
+    def __init__(self, name: str, vit: Any, config: dict, **norm: Unpack[Normalization]) -> None:
+        facts = timm_image_facts(vit, INCEPTION_MEAN, INCEPTION_STD, **norm)
         super().__init__(name, {"image": TimmViTImageTower(vit)}, config=config, **facts)
         self.freeze()
 
 
-def build_timm_vit(
-    name: str,
-    arch: str,
-    pretrained: bool,
-    *,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
-) -> TimmViTBackbone:
+def build_timm_vit(name: str, arch: str, pretrained: bool, **norm: Unpack[Normalization]) -> TimmViTBackbone:
     """A timm ViT by name, without its classifier. ``mean``/``std`` override the normalisation of
     timm's pretrained config (``vit-b16``: timm says 0.5 for ``orig_in21k``, VPT uses ImageNet's)."""
     vit = create_timm_model(arch, pretrained)
     config = {"source": "timm", "arch": arch, "pretrained": pretrained}
-    return TimmViTBackbone(name, vit, config, mean=mean, std=std)
+    return TimmViTBackbone(name, vit, config, **norm)
 
 
 def build_tiny_vit(name: str, seed: int = 0) -> TimmViTBackbone:
     """timm ViT, tiny: 32x32 images, patch 8, width 64, 2 layers, 2 heads; seeded random init."""
     from timm.models.vision_transformer import VisionTransformer
 
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded(seed):
         vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=0)
         random_feature_init(vit, seed)
-    finally:
-        torch.random.set_rng_state(state)
     return TimmViTBackbone(
         name, vit, {"source": "timm", "arch": "tiny", "pretrained": None, "init_seed": seed}
     )

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from petlbench.errors import UserError
 
 from .output import out, plain
+
+if TYPE_CHECKING:
+    from petlbench.methods.registry import OptionInfo
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -40,6 +44,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def _method_detail(name: str) -> int:
     """``bench methods NAME``: what the method is, what it needs, and every option with its default,
     declared range and help."""
+    from petlbench.methods.compose import Composed
     from petlbench.methods.registry import get_method, method_options
 
     cls = get_method(name)
@@ -53,12 +58,22 @@ def _method_detail(name: str) -> int:
         plain(f"deviation {dev.get('id')}: {dev.get('what', '')}")
     options = method_options(cls)
     plain(f"options (--set KEY=VALUE){':' if options else ': none'}")
+    if not issubclass(cls, Composed):
+        _print_options(options, "  ")
+        return 0
+    for part in cls.parts:  # a composition: each part's options under its name, as PART.OPTION
+        mine = [opt for opt in options if opt.name.startswith(f"{part.name}.")]
+        plain(f"  {part.name}{':' if mine else ': none'}")
+        _print_options(mine, "    ")
+    return 0
+
+
+def _print_options(options: list[OptionInfo], indent: str) -> None:
     for opt in options:
         limits = f"  in [{_bound(opt.limits[0])}, {_bound(opt.limits[1])}]" if opt.limits else ""
-        plain(f"  {opt.name}: {opt.type} = {opt.default!r}{limits}")
+        plain(f"{indent}{opt.name}: {opt.type} = {opt.default!r}{limits}")
         if opt.help:
-            plain(f"      {opt.help}")
-    return 0
+            plain(f"{indent}    {opt.help}")
 
 
 def _bound(value: float) -> str:

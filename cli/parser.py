@@ -17,6 +17,10 @@ DEFAULT_LEADERBOARD = Path("leaderboard")
 DEFAULT_RECORDS = DEFAULT_LEADERBOARD / "records"
 DEFAULT_CACHE = DEFAULT_STORE.parent / "image-cache"  # beside the default store (harness/image_cache.py)
 FGSM_EPS = "1/255,2/255,4/255,8/255"  # the default --fgsm-eps of run, plan, sweep and robust
+TEST_BY_EPOCH_HELP = (
+    "score the test split after every epoch, for the leaderboard's selection-inflation column (never "
+    "read by training or selection; part of the run's identity)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "run":
             _cache_options(r)
         r.add_argument("--no-fgsm", action="store_true", help="skip the FGSM robustness measurement")
+        r.add_argument("--test-by-epoch", action="store_true", help=TEST_BY_EPOCH_HELP)
         eps_help = "FGSM epsilons in pixel space, comma-separated; fractions allowed (default %(default)s)"
         r.add_argument("--fgsm-eps", type=epsilons, default=FGSM_EPS, help=eps_help)
         r.add_argument(
@@ -207,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--device", default="auto")
     sw.add_argument("--random-init", action="store_true")
     sw.add_argument("--no-fgsm", action="store_true")
+    sw.add_argument("--test-by-epoch", action="store_true", help=TEST_BY_EPOCH_HELP)
     sw.add_argument("--fgsm-eps", type=epsilons, default=FGSM_EPS)
     sw.add_argument("--fgsm-examples", type=int, default=500)
     sw.add_argument("--json", action="store_true", help="print one JSON line per finished run")

@@ -34,10 +34,14 @@ def require_data_root(args: argparse.Namespace, suite: Any) -> None:
 
 
 def measurements(args: argparse.Namespace) -> dict[str, Any]:
-    """What a run measures beyond its metric: FGSM robustness unless ``--no-fgsm``."""
-    if args.no_fgsm:
-        return {}
-    return {"fgsm": {"epsilons": args.fgsm_eps, "max_examples": args.fgsm_examples}}
+    """What a run measures beyond its metric: FGSM robustness unless ``--no-fgsm``; the test score
+    after every epoch with ``--test-by-epoch``."""
+    measure: dict[str, Any] = {}
+    if not args.no_fgsm:
+        measure["fgsm"] = {"epsilons": args.fgsm_eps, "max_examples": args.fgsm_examples}
+    if args.test_by_epoch:
+        measure["test_by_epoch"] = True
+    return measure
 
 
 def planned(args: argparse.Namespace) -> tuple[Any, list[Any]]:

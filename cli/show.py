@@ -64,7 +64,7 @@ def cmd_robust(args: argparse.Namespace) -> int:
     runner = runner_for(args, store, load_suite(args.suite or record.spec.suite))
     with console.status(f"FGSM on run {record.run_id}"):
         measured = runner.remeasure_robustness(record.run_id, args.fgsm_eps, args.fgsm_examples)
-    table = Table(title=f"FGSM robustness of {record.run_id} ({record.method} on {record.task})")
+    table = Table(title=f"FGSM robustness of {record.run_id} ({record.spec.method} on {record.spec.task})")
     for col in ("epsilon", "epsilon x 255", "accuracy", "drop", "max |delta|"):
         table.add_column(col, justify="right")
     table.add_row("0 (clean)", "0", f"{measured['clean']:.2f}", "", "")
@@ -98,19 +98,19 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for rec in store.records(method=args.method, suite=args.suite):
         metric = (rec.result or {}).get("metric", "accuracy")
         value = (rec.metrics or {}).get(metric)
-        if rec.method not in defaults:
-            defaults[rec.method] = _method_defaults(rec.method)
+        if rec.spec.method not in defaults:
+            defaults[rec.spec.method] = _method_defaults(rec.spec.method)
         rows.append(
             (
                 rec.run_id[:12],
                 rec.state,
-                rec.method,
-                rec.backbone,
-                rec.suite,
-                rec.task,
-                str(rec.seed),
+                rec.spec.method,
+                rec.spec.backbone,
+                rec.spec.suite,
+                rec.spec.task,
+                str(rec.spec.seed),
                 rec.spec.stage,
-                format_point(grid_point(rec.spec.to_dict(), defaults[rec.method])),
+                format_point(grid_point(rec.spec.to_dict(), defaults[rec.spec.method])),
                 f"{value:.2f}" if isinstance(value, float) else "-",
             )
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -32,12 +33,13 @@ def out_of_memory_as_user_error(what: str) -> Iterator[None]:
         raise
 
 
-def attach_method(spec: RunSpec, backbone: Backbone) -> Method:
-    """The spec's method, configured (options checked), paired (checked) and attached."""
-    method_cls = get_method(spec.method)
-    method = method_cls(spec.method_config)
+def attach_method(name: str, config: dict[str, Any], backbone: Backbone) -> Method:
+    """Method ``name`` with options ``config``, configured (options checked), paired with the
+    backbone (checked) and attached."""
+    method_cls = get_method(name)
+    method = method_cls(config)
     method_cls.check_compatible(backbone.name, backbone.kind, backbone.tower_names)
-    with out_of_memory_as_user_error(f"method {spec.method!r} on {spec.backbone}"):
+    with out_of_memory_as_user_error(f"method {name!r} on {backbone.name}"):
         method.attach(backbone)
     return method
 

@@ -18,7 +18,6 @@ beside the destination and moves the files in only when the whole archive has be
 from __future__ import annotations
 
 import gzip
-import hashlib
 import lzma
 import os
 import posixpath
@@ -36,16 +35,10 @@ from petlbench.benchmarks.datasets import FORMATS, Archive
 from petlbench.benchmarks.suites import TaskSpec
 from petlbench.errors import UserError
 
+from .leakage import file_sha256
+
 DOWNLOAD_DIR = ".downloads"
 TIMEOUT_S = 60
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch(
@@ -69,7 +62,7 @@ def fetch(
             partial.unlink(missing_ok=True)
             raise UserError(f"could not download {archive.url}: {getattr(exc, 'reason', exc)}") from None
         os.replace(partial, target)
-    digest = sha256_of(target)
+    digest = file_sha256(target)
     if archive.sha256 is not None and digest != archive.sha256:
         raise UserError(
             f"{target} has sha256 {digest}, expected {archive.sha256}: delete it and download again"

@@ -185,9 +185,10 @@ class DiskImages:
         return {**self.__dict__, "_fd": None}  # a worker reopens the file by path
 
     def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
             with contextlib.suppress(OSError):
-                os.close(self._fd)  # type: ignore[arg-type]
+                os.close(fd)
 
     def __len__(self) -> int:
         return int(self.shape[0])

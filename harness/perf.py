@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from petlbench.backbones.classifier import ImageClassifier
 from petlbench.backbones.registry import build_backbone
 from petlbench.errors import UserError
-from petlbench.methods.registry import get_method
 
 from .flops import image_gmacs
 from .memory import PeakMemory
@@ -121,7 +120,7 @@ def measure_perf(
 ) -> dict[str, Any]:
     """Time ``steps`` train steps of the method, interleaved with ``steps`` plain-backbone steps,
     then eval forwards; ``on_step(done, total)`` reports progress. None: :func:`perf_defaults`."""
-    from .objectives.classification import head_for
+    from .objectives.classification import build_classifier
 
     defaults = perf_defaults(device)
     batch_size = defaults["batch_size"] if batch_size is None else batch_size
@@ -129,18 +128,20 @@ def measure_perf(
     if steps < 1 or batch_size < 1:
         raise UserError("bench perf: --steps and --batch-size must be at least 1")
     torch.manual_seed(seed)
-    backbone = build_backbone(backbone_name, pretrained=False)
-    method_cls = get_method(method_name)
-    towers = tuple(backbone.towers)
-    method_cls.check_compatible(backbone_name, backbone.kind, towers)
-    method = method_cls(method_config or {})
     classes = [f"class {i}" for i in range(num_classes)]
+    model, method = build_classifier(
+        backbone_name,
+        method_name,
+        method_config or {},
+        pretrained=False,
+        class_names=classes,
+        templates=["a photo of a {}."],
+    )
+    model.to(device)
+    backbone, head = model.backbone, model.head
     plain_backbone = build_backbone(backbone_name, pretrained=False)
     plain_head = torch.nn.Linear(plain_backbone.feature_dim, num_classes)
     plain_gmacs = image_gmacs(plain_backbone)
-    method.attach(backbone)
-    head = head_for(method, backbone, classes, ["a photo of a {}."])
-    model = ImageClassifier(backbone, head, method).to(device)
     plain = ImageClassifier(plain_backbone, plain_head, None).to(device)
     gmacs = image_gmacs(backbone, method)
     params = list(method.trainable_parameters()) + [p for p in head.parameters() if p.requires_grad]

@@ -115,7 +115,9 @@ def _first_pass(folder: str, workers: int) -> dict[str, Any]:
     split = _test_split(folder)
     cache = ImageCache(Path(folder) / "cache", workers=workers, progress=lambda *a: None)
     t0 = time.perf_counter()
-    images, _ = cache.ensure(source_of(split, IMAGE_SIZE))  # type: ignore[arg-type]
+    source = source_of(split, IMAGE_SIZE)
+    assert source is not None  # the replica is an image-file folder
+    images, _ = cache.ensure(source)
     seconds = time.perf_counter() - t0
     return {
         "seconds": seconds,
@@ -166,7 +168,7 @@ def measure_data_path(images: int, workers: int | None = None, folder: Path | No
         raise UserError(f"bench perf --data: --workers must be at least 1, got {workers}")
     workers = workers or len(os.sched_getaffinity(0))
     temp = folder is None
-    work = Path(tempfile.mkdtemp(prefix="petlbench-perf-data-")) if temp else Path(folder)  # type: ignore[arg-type]
+    work = Path(tempfile.mkdtemp(prefix="petlbench-perf-data-")) if folder is None else Path(folder)
     if not temp and (work / "replica").exists():
         raise UserError(f"bench perf --data: {work / 'replica'} exists; give an empty or new --dir")
     try:

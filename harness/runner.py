@@ -14,13 +14,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from petlbench.benchmarks.data import TaskData
 from petlbench.benchmarks.datasets import load_task
-from petlbench.benchmarks.datasets.ofa_loaders import Seq2SeqTaskData
 from petlbench.benchmarks.suites import Suite, TaskSpec
 from petlbench.errors import UserError
 
@@ -34,6 +33,9 @@ from .spec import RunSpec
 from .stages import StageRun, train_stages
 from .store import Store
 from .trainer import dtype_name
+
+if TYPE_CHECKING:  # the OFA task data type, named for typing only
+    from petlbench.benchmarks.datasets.ofa_loaders import Seq2SeqTaskData
 
 
 @dataclass
@@ -88,6 +90,23 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps was asked for but MPS is not available; use --device cpu")
     return resolved
+
+
+def epoch_candidates(history: list[dict[str, Any]], test_key: str) -> dict[str, Any] | None:
+    """The record's ``selection`` block of a ``--test-by-epoch`` run: the test score after every
+    epoch (every training stage's), and the one the protocol reports (the model after the last
+    epoch). The leaderboard's selection inflation is the best of them minus the reported one: what
+    choosing the epoch on the test split would have claimed. None for a run with no epochs."""
+    scores = [float(h[test_key]) for h in history if test_key in h]
+    if not scores:
+        return None
+    return {
+        "candidates": "epochs",
+        "metric": test_key,
+        "test_by_candidate": scores,
+        "selected_test": scores[-1],
+        "note": "test scored after every epoch for this column only; never read by training or selection",
+    }
 
 
 class Runner:
@@ -228,6 +247,13 @@ class Runner:
         splits = objective.splits()
         method, device = objective.method, self.device
         selection_key = f"selection_{objective.metric_name}"
+        test_key = f"test_{objective.metric_name}"
+        observe = None
+        if spec.measure.get("test_by_epoch") and not objective.searching:
+
+            def observe() -> dict[str, float]:
+                return {test_key: objective.score(splits.final)}
+
         result: dict[str, Any] = {}
         # A training-free method that builds its head from the training split (Tip-Adapter's cache)
         # runs its stages too; they hold no trainable stage, so no optimiser is ever built.
@@ -252,11 +278,14 @@ class Runner:
                     batches=objective.batches(splits.train),
                     selection_batches=objective.selection_batches(splits.selection),
                     feature_cache=objective.feature_cache,
+                    observe=observe,
                 )
             trained["train"].update(
                 dtype=dtype_name(device), memory=train_peak.result(), **objective.train_info()
             )
             result.update(trained)
+            if observe is not None:
+                result["selection"] = epoch_candidates(trained["history"], test_key)
         selection_score = objective.score(splits.selection)
         objective.before_evaluation()
         with PeakMemory(device) as eval_peak:

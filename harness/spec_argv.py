@@ -66,4 +66,6 @@ def run_argv(spec: dict[str, Any], seeds: Sequence[int], base_protocol: dict[str
         argv += ["--fgsm-eps", ",".join(eps_text(float(e)) for e in eps)]
         if fgsm.get("max_examples") is not None:
             argv += ["--fgsm-examples", str(fgsm["max_examples"])]
+    if (spec.get("measure") or {}).get("test_by_epoch"):
+        argv.append("--test-by-epoch")
     return argv

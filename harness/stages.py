@@ -78,12 +78,15 @@ def train_stages(
     batches: Batches,
     selection_batches: Batches | None = None,
     feature_cache: bool = False,
+    observe: Evaluate | None = None,
 ) -> dict[str, Any]:
     """Run the method's stages; returns the record's ``history``, ``stages`` and ``train`` blocks.
 
     ``fit(trainer, evaluate)`` trains one stage with the objective's loss; ``evaluate`` gives the
     selection metric (after every epoch and after every stage); ``batches`` / ``selection_batches``
-    are one pass over the training / selection split for a stage's ``prepare`` hook."""
+    are one pass over the training / selection split for a stage's ``prepare`` hook. ``observe``
+    gives scores recorded in each epoch's history entry and nowhere else: no stage result, no
+    ``prepare`` hook and no selection reads them (the per-epoch test score of ``--test-by-epoch``)."""
     device = run.device
     stage_results: dict[str, dict[str, Any]] = {}
     history: list[dict[str, Any]] = []
@@ -127,7 +130,8 @@ def train_stages(
                 callbacks=method.callbacks(),
                 progress=run.on_step,
             )
-            trained = fit(trainer, evaluate)
+            per_epoch = evaluate if observe is None else (lambda: {**evaluate(), **observe()})
+            trained = fit(trainer, per_epoch)
             stage_history = [{"stage": stage.name, **h} for h in trained.history]
             train_info["train_time_s"] += trained.train_time_s
             train_info["images"] += trained.train_images

@@ -149,26 +149,6 @@ class RunRecord:
             return "interrupted"
         return self.status
 
-    @property
-    def method(self) -> str:
-        return self.spec.method
-
-    @property
-    def backbone(self) -> str:
-        return self.spec.backbone
-
-    @property
-    def suite(self) -> str:
-        return self.spec.suite
-
-    @property
-    def task(self) -> str:
-        return self.spec.task
-
-    @property
-    def seed(self) -> int:
-        return self.spec.seed
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
@@ -183,6 +163,19 @@ class RunRecord:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
         }
+
+
+def _spec_columns(spec: RunSpec) -> tuple[Any, ...]:
+    """The row's identity columns: run id, the spec's JSON, and the fields ``records()`` filters on."""
+    return (
+        spec.run_id,
+        canonical_json(spec.to_dict()),
+        spec.method,
+        spec.backbone,
+        spec.suite,
+        spec.task,
+        spec.seed,
+    )
 
 
 class Store:
@@ -347,13 +340,7 @@ class Store:
                        started_at = excluded.started_at, owner = excluded.owner,
                        heartbeat_at = excluded.heartbeat_at""",
                 (
-                    spec.run_id,
-                    canonical_json(spec.to_dict()),
-                    spec.method,
-                    spec.backbone,
-                    spec.suite,
-                    spec.task,
-                    spec.seed,
+                    *_spec_columns(spec),
                     canonical_json(provenance),
                     now,
                     self.owner,
@@ -436,13 +423,7 @@ class Store:
                        metrics, result, provenance, error, attempts, wall_time_s, started_at, finished_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
-                    spec.run_id,
-                    canonical_json(spec.to_dict()),
-                    spec.method,
-                    spec.backbone,
-                    spec.suite,
-                    spec.task,
-                    spec.seed,
+                    *_spec_columns(spec),
                     record.get("status", "finished"),
                     canonical_json(record.get("metrics") or {}),
                     canonical_json(record.get("result") or {}),

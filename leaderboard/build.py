@@ -73,9 +73,11 @@ CONVENTIONS = {
     "base_new_hm are the other views of the same cells",
     "best": "the best value per column is highlighted (declared once per column: higher or lower is "
     "better), among the selected cells of a task and among the entries of a suite",
-    "selection_inflation": "per cell, from each run's result.selection: test_by_candidate (the test score "
-    "of every epoch or grid point the protocol chose among) and selected_test (the chosen one's, default "
-    "the run's test metric); gap = max(test_by_candidate) - selected_test, the optimism selecting on test "
+    "selection_inflation": "per cell, from each run's result.selection (written by runs made with "
+    "`bench run --test-by-epoch`, which scores the test split after every epoch and never lets training "
+    "or selection read it): test_by_candidate (the test score of every epoch or grid point the protocol "
+    "chose among) and selected_test (the chosen one's, default the run's test metric); "
+    "gap = max(test_by_candidate) - selected_test, the optimism selecting on test "
     "would add; mean over the runs that carry it, null when none does",
     "speed_ratio": "per cell, the method's train step time / the plain backbone's (frozen backbone + linear "
     "head), the two steps interleaved in one process by a dedicated perf pass (`bench perf --for-records`, "

@@ -241,24 +241,31 @@ def average_table(doc: dict[str, Any], suite: str, version: str) -> Table:
             text = fmt_mean(value, e["average"]["std"]) if key == "average" else fmt_num(value)
             cells.append((text, value))
         eff = e["efficiency"]
-        pct = eff["percent_of_backbone"]
         missing = "" if e["complete"] else f" (missing {len(e['missing_tasks'])})"
         cells += [
             (str(e["average"]["n_tasks"]) + missing, None),
             (str(e["search_trials"]), None),
-            (fmt_params(eff["trainable_params_method"]), eff["trainable_params_method"]),
-            (fmt_params(eff["trainable_params_with_head"]), eff["trainable_params_with_head"]),
-            ("-" if pct is None else f"{pct:.4g}% ({eff['denominator'] or '?'})", pct),
-            (fmt_gmacs(eff["image_gmacs"]), eff["image_gmacs"]),
-            (fmt_num(eff["train_images_per_s"], 1), eff["train_images_per_s"]),
-            (fmt_num(eff.get("speed_ratio")), eff.get("speed_ratio")),
-            (fmt_num(eff["train_peak_memory_mib"], 0), eff["train_peak_memory_mib"]),
+            *_efficiency_cells(eff, f" ({eff['denominator'] or '?'})"),
             (fmt_fgsm(e["fgsm"]), _fgsm_value(e["fgsm"])),
             (fmt_inflation(e.get("selection_inflation")), None),
             (fmt_deviations(e.get("deviations")), None),
         ]
         table.add(cells)
     return table
+
+
+def _efficiency_cells(eff: dict[str, Any], percent_note: str = "") -> list[tuple[str, Any]]:
+    """The cost columns a row shows (params, + head, %, GMACs, train img/s, speed ratio, peak MiB)."""
+    pct = eff["percent_of_backbone"]
+    return [
+        (fmt_params(eff["trainable_params_method"]), eff["trainable_params_method"]),
+        (fmt_params(eff["trainable_params_with_head"]), eff["trainable_params_with_head"]),
+        ("-" if pct is None else f"{pct:.4g}%{percent_note}", pct),
+        (fmt_gmacs(eff["image_gmacs"]), eff["image_gmacs"]),
+        (fmt_num(eff["train_images_per_s"], 1), eff["train_images_per_s"]),
+        (fmt_num(eff.get("speed_ratio")), eff.get("speed_ratio")),
+        (fmt_num(eff["train_peak_memory_mib"], 0), eff["train_peak_memory_mib"]),
+    ]
 
 
 TASK_COLUMNS: list[tuple[str, str | None]] = [
@@ -295,7 +302,6 @@ def task_table(doc: dict[str, Any], suite: str, version: str) -> Table:
         if (r["suite"], r["suite_version"]) != (suite, version):
             continue
         eff = r["efficiency"]
-        pct = eff["percent_of_backbone"]
         label = r["label"] + ("" if r["selected"] else " (not selected)")
         device = " / ".join(x for x in (eff["device"], eff["dtype"]) if x) or "-"
         cells: list[tuple[str, Any]] = [
@@ -309,13 +315,7 @@ def task_table(doc: dict[str, Any], suite: str, version: str) -> Table:
             (fmt_ci(r["ci95"]), None),
             (str(r["n"]), None),
             ("-" if r["search"] is None else str(r["search"]["trials"]), None),
-            (fmt_params(eff["trainable_params_method"]), eff["trainable_params_method"]),
-            (fmt_params(eff["trainable_params_with_head"]), eff["trainable_params_with_head"]),
-            ("-" if pct is None else f"{pct:.4g}%", pct),
-            (fmt_gmacs(eff["image_gmacs"]), eff["image_gmacs"]),
-            (fmt_num(eff["train_images_per_s"], 1), eff["train_images_per_s"]),
-            (fmt_num(eff.get("speed_ratio")), eff.get("speed_ratio")),
-            (fmt_num(eff["train_peak_memory_mib"], 0), eff["train_peak_memory_mib"]),
+            *_efficiency_cells(eff),
             (device, None),
             (fmt_fgsm(r["fgsm"]), _fgsm_value(r["fgsm"])),
             (fmt_inflation(r.get("selection_inflation")), None),

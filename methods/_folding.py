@@ -29,7 +29,7 @@ class FoldsIntoWeights:
     fold_stage: ClassVar[tuple[str, str]]
     fold_key: ClassVar[str]
     config: Any
-    name: str
+    name: ClassVar[str]
     _in_weights: bool = False
 
     def _write_into_weights(self, undo: bool) -> None:

@@ -5,17 +5,33 @@ cache), which the harness still sees as a text head (its prompts and token ids, 
 ``cosine_logits``: CLIP's logits from image and class text features, as every such head ends.
 ``KeepsTeacherText``: a prompt head that also holds the frozen hand-crafted class features and keeps
 the class features of its last forward, so a regulariser (KgCoOp, PromptSRC) reuses that text pass.
+``clip_of`` / ``text_tower``: a backbone and its text tower typed as CLIP's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from petlbench.backbones.base import Backbone
 from petlbench.backbones.heads import TextClassifierHead
+
+if TYPE_CHECKING:
+    from petlbench.backbones.clip import ClipBackbone, ClipTextTower
+
+
+def clip_of(backbone: Backbone) -> ClipBackbone:
+    """``backbone`` as the CLIP backbone a CLIP-only method's pairing guarantees (its
+    ``backbone_kinds`` is ``("clip",)``): the tokenizer, text encoder and logit scale."""
+    return cast("ClipBackbone", backbone)
+
+
+def text_tower(backbone: Backbone) -> ClipTextTower:
+    """The CLIP text tower, whose prompt embeddings the prompt learners splice and encode."""
+    return cast("ClipTextTower", backbone.tower("text"))
 
 
 def cosine_logits(backbone: Any, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

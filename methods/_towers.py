@@ -8,6 +8,8 @@ built; a name the backbone lacks is refused when the method is attached.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from petlbench.backbones.base import Backbone
 from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
@@ -57,7 +59,10 @@ class TowerChoice(Method):
     VeRA, prefix, Adapter, BitFit, SSF, AdaptFormer, FacT, Convpass. Which towers they need is their
     option, checked when attached (:func:`resolve_towers`), not a class attribute; the option and the
     dropout are checked once here, before anything is built. Subclasses add their own checks and call
-    ``super().validate_config()``."""
+    ``super().validate_config()``. ``towers`` (what pairing reads as the towers the method may
+    modify) is every tower the option can name; a subclass narrows it where it works on fewer."""
+
+    towers: ClassVar[tuple[str, ...]] = TOWER_NAMES
 
     @classmethod
     def required_towers(cls) -> tuple[str, ...]:

@@ -91,7 +91,6 @@ class Adapter(TowerChoice):
     paper = "Houlsby et al., Parameter-Efficient Transfer Learning for NLP, ICML 2019 (and Pfeiffer 2021)"
     Config = AdapterConfig
     limits = {"dim": (1, MAX_WIDTH), "reduction": (1, MAX_WIDTH)}
-    towers = ("image", "text", "encoder", "decoder")
 
     def validate_config(self) -> None:
         super().validate_config()
@@ -108,7 +107,6 @@ class Adapter(TowerChoice):
             raise UserError(f"adapter: dim (the bottleneck width) must be at least 1, got {c.dim}")
         if c.reduction is not None and c.reduction < 1:
             raise UserError(f"adapter: reduction must be at least 1, got {c.reduction}")
-
 
     @classmethod
     def kind_defaults(cls, kind: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.slots import ParallelBranch
 
 from ._towers import TowerChoice
-from .base import MAX_WIDTH
+from .base import MAX_WIDTH, no_drop_path
 
 
 @dataclass
@@ -66,13 +66,11 @@ class AdaptFormer(TowerChoice):
     backbone_kinds = ("vit", "swin", "clip")  # OFA's layers do not read the parallel-branch slots
     limits = {"dim": (1, MAX_WIDTH)}
     deviations = (
-        {
-            "id": "adaptformer-no-drop-path",
-            "what": "The frozen backbone runs without stochastic depth (the reference's ViT applies its "
-            "drop_path to the MLP branch, models/custom_modules.py:L83).",
-        },
+        no_drop_path(
+            "adaptformer",
+            "the reference's ViT applies its drop_path to the MLP branch, models/custom_modules.py:L83",
+        ),
     )
-
 
     def attach(self, backbone: Backbone) -> None:
         c = self.config

@@ -23,13 +23,15 @@ import torch
 from torch import nn
 
 from petlbench.backbones.base import Backbone
-from petlbench.backbones.slots import LayerSlots
+from petlbench.backbones.slots import LayerSlots, TowerSlots
 from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
 MAX_TOKENS = 4096  # tokens / prompts / prefixes per layer: more than any sequence a backbone here takes
 MAX_WIDTH = 16384  # bottleneck, rank or hidden widths: far above every backbone width (<= 1280 here)
 MAX_LAYERS = 1024
+
+_Attach = typing.TypeVar("_Attach", bound=Callable[..., None])  # a Method's attach(self, backbone)
 
 
 @dataclass
@@ -71,24 +73,27 @@ class LossContext:
 
 @contextlib.contextmanager
 def frozen_backbone(backbone: Backbone) -> Iterator[Backbone]:
-    """The backbone as it was before any method attached: every tower's slots (and CLIP's
-    ``token_embeddings`` slot) are emptied for the duration and restored afterwards, so a frozen
-    teacher (KgCoOp's hand-crafted text features, PromptSRC's zero-shot features) runs through the
-    same modules the method modifies. Weights a method merged in place (LoRA ``merge``) are not
-    undone: merging happens after training, when no teacher is asked for."""
+    """The backbone as it was before any method attached: every tower's per-layer slots, its
+    tower-level slots (SSF's scale and shift after the patch embedding and the final norm) and
+    CLIP's ``token_embeddings`` slot are emptied for the duration and restored afterwards, so a
+    frozen teacher (KgCoOp's hand-crafted text features, PromptSRC's zero-shot features) runs
+    through the same modules the method modifies. Weights a method merged in place (LoRA ``merge``)
+    are not undone: merging happens after training, when no teacher is asked for."""
     saved = []
-    for tower in backbone.towers.values():
-        saved.append((tower, tower.slots, getattr(tower, "token_embeddings", None)))
+    for tower in map(backbone.tower, backbone.tower_names):
+        saved.append((tower, tower.slots, tower.tower_slots, getattr(tower, "token_embeddings", None)))
         tower.slots = [LayerSlots() for _ in tower.slots]
+        tower.tower_slots = TowerSlots()
         if hasattr(tower, "token_embeddings"):
-            tower.token_embeddings = None
+            tower.set_slot(None, "token_embeddings", None)
     try:
         yield backbone
     finally:
-        for tower, slots, token_embeddings in saved:
+        for tower, slots, tower_slots, token_embeddings in saved:
             tower.slots = slots
+            tower.tower_slots = tower_slots
             if hasattr(tower, "token_embeddings"):
-                tower.token_embeddings = token_embeddings
+                tower.set_slot(None, "token_embeddings", token_embeddings)
 
 
 @torch.no_grad()
@@ -103,7 +108,31 @@ def frozen_class_features(
 
     with frozen_backbone(backbone):
         head = TextClassifierHead(backbone, list(class_names), list(templates))
-        return head.to(backbone.logit_scale.device).class_features().detach()
+        return head.to(typing.cast(torch.Tensor, backbone.logit_scale).device).class_features().detach()
+
+
+def dassl_protocol(lr: float, batch_size: int, epochs: int) -> dict[str, Any]:
+    """The training protocol of the prompt learners built on KaiyangZhou/Dassl (CoOp, CoCoOp,
+    KgCoOp, MaPLe, PromptSRC): SGD with momentum 0.9 and weight decay 5e-4 on 16 shots; the learning
+    rate, batch size and epochs are each method's own (its ``suggested_protocol`` cites them)."""
+    return {
+        "optimizer": "sgd",
+        "lr": lr,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "shots": 16,
+    }
+
+
+def no_drop_path(method: str, why: str) -> dict[str, str]:
+    """The deviation of a method whose reference trains with stochastic depth (drop path) on the
+    frozen backbone, which runs here without it; ``why`` says where the reference applies it."""
+    return {
+        "id": f"{method}-no-drop-path",
+        "what": f"The frozen backbone runs without stochastic depth ({why}).",
+    }
 
 
 @dataclass
@@ -352,12 +381,12 @@ def _filled_slots(backbone: Backbone) -> dict[tuple[int, int | None, str], tuple
     """Every filled slot of the backbone by (tower id, layer, slot), with its tower and value."""
     return {
         (id(tower), layer, slot): (tower, value)
-        for tower in backbone.towers.values()
+        for tower in map(backbone.tower, backbone.tower_names)
         for (layer, slot), value in tower.filled_slots().items()
     }
 
 
-def _recorded(attach: Callable[[Method, Backbone], None]) -> Callable[[Method, Backbone], None]:
+def _recorded(attach: _Attach) -> _Attach:
     """``attach`` that records what it filled and unfroze (for :meth:`Method.detach`) and refuses,
     putting the backbone back as it was, a slot another method filled: each slot holds one method's
     contribution, so methods compose only through slots they do not share."""
@@ -410,7 +439,7 @@ def _recorded(attach: Callable[[Method, Backbone], None]) -> Callable[[Method, B
             [(after[k][0], k[1], k[2]) for k in filled], unfrozen, owners
         )
 
-    return recorded
+    return typing.cast(_Attach, recorded)
 
 
 _FALSE_TRUE = {"false": False, "0": False, "no": False, "true": True, "1": True, "yes": True}

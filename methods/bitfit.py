@@ -76,7 +76,6 @@ class BitFit(TowerChoice):
     family = "selective"
     paper = "Ben Zaken et al., BitFit: Simple Parameter-efficient Fine-tuning, ACL 2022"
     Config = BitFitConfig
-    towers = ("image", "text", "encoder", "decoder")
 
     def validate_config(self) -> None:
         super().validate_config()
@@ -84,7 +83,6 @@ class BitFit(TowerChoice):
             raise UserError(
                 f"{self.name}: variant must be one of {', '.join(VARIANTS)}, not {self.config.variant!r}"
             )
-
 
     @classmethod
     def kind_defaults(cls, kind: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from torch import nn
 from petlbench.backbones.base import Backbone
 from petlbench.errors import UserError
 
-from .base import MAX_TOKENS, MAX_WIDTH
+from .base import MAX_TOKENS, MAX_WIDTH, dassl_protocol
 from .coop import CoOp, OneContextAtTheEnd, PromptHead, build_layout
 
 if TYPE_CHECKING:
@@ -84,19 +84,10 @@ class CoCoOp(CoOp):
 
     name = "cocoop"
     paper = "Zhou et al., Conditional Prompt Learning for Vision-Language Models, CVPR 2022"
-    # CoOp's ``Config = CoOpConfig`` narrows Method's ClassVar[type]; drop this once coop.py declares it
-    Config = CoCoOpConfig  # type: ignore[assignment]
+    Config = CoCoOpConfig
     limits = {"n_ctx": (0, MAX_TOKENS), "meta_net_ratio": (1, MAX_WIDTH)}
     needs_text_encoder_per_image = True
-    suggested_protocol: ClassVar[dict[str, Any]] = {
-        "optimizer": "sgd",
-        "lr": 2e-3,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "batch_size": 1,
-        "epochs": 10,
-        "shots": 16,
-    }
+    suggested_protocol: ClassVar[dict[str, Any]] = dassl_protocol(lr=2e-3, batch_size=1, epochs=10)
 
     def validate_config(self) -> None:
         super().validate_config()

@@ -6,6 +6,12 @@ options are one sub-config per part (``{"vpt": {...}, "bitfit": {...}}``; ``--se
 addresses one), so a composition's run id differs from each part's alone. What cannot combine is
 refused when the class is built: two multi-stage parts, two parts that build the head, two
 different heads, a training-free part with a trained one.
+
+On a suite, ``a+b`` gets each part's option defaults (``method_config``, as ``a.option``) and
+deviations, and the protocol its parts agree on: every field must have the value each part's own
+run on that task would use, or the plan is refused naming the fields until ``--protocol`` sets
+them (``Suite._composed_protocol`` in benchmarks/suites). ``bench methods a+b`` lists each part's
+options under its name, as ``a.option``.
 """
 
 from __future__ import annotations

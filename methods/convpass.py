@@ -31,7 +31,7 @@ from petlbench.errors import UserError
 
 from ._towers import TowerChoice, parse_towers
 from .adapter import QuickGELU
-from .base import MAX_WIDTH
+from .base import MAX_WIDTH, no_drop_path
 
 
 @dataclass
@@ -64,7 +64,7 @@ class ConvBypass(nn.Module):
             else:
                 self.conv.weight.zero_()
                 self.conv.weight[:, :, 1, 1] += torch.eye(dim)
-            self.conv.bias.zero_()
+            nn.init.zeros_(self.conv.get_parameter("bias"))
             nn.init.xavier_uniform_(self.down.weight)
             self.down.bias.zero_()
             self.up.weight.zero_()
@@ -105,11 +105,11 @@ class Convpass(TowerChoice):
     backbone_kinds = ("vit", "swin", "clip")  # OFA has no patch grid in its token stream
     limits = {"dim": (1, MAX_WIDTH)}
     deviations = (
-        {
-            "id": "convpass-no-drop-path",
-            "what": "The frozen backbone runs without stochastic depth (the reference trains with "
-            "drop_path_rate 0.1 on the branches and bypasses, convpass/vtab/train.py:L66).",
-        },
+        no_drop_path(
+            "convpass",
+            "the reference trains with drop_path_rate 0.1 on the branches and bypasses, "
+            "convpass/vtab/train.py:L66",
+        ),
     )
 
     @classmethod
@@ -127,19 +127,18 @@ class Convpass(TowerChoice):
         c = self.config
         self.bypasses = nn.ModuleDict()
         for tower_name, tower in self.chosen_towers(backbone).items():
-            if tower.layer_grid(0) is None:
+            grids = [grid for grid in map(tower.layer_grid, range(tower.depth)) if grid is not None]
+            if len(grids) < tower.depth:
                 raise UserError(f"convpass: tower {tower_name!r} of {backbone.name!r} has no patch grid")
             places = ("attn", "mlp") if c.mlp_bypass else ("attn",)
-            per_place = nn.ModuleDict(
-                {
-                    place: nn.ModuleList(
-                        ConvBypass(w, c.dim, tower.layer_grid(layer), c.xavier_init, c.dropout)
-                        for layer, w in enumerate(tower.layer_widths)
-                    )
-                    for place in places
-                }
-            )
-            self.bypasses[tower_name] = per_place
+            per_place = {
+                place: nn.ModuleList(
+                    ConvBypass(w, c.dim, grid, c.xavier_init, c.dropout)
+                    for w, grid in zip(tower.layer_widths, grids, strict=True)
+                )
+                for place in places
+            }
+            self.bypasses[tower_name] = nn.ModuleDict(per_place)
             for layer in range(tower.depth):
                 slots = tower.slots[layer]
                 slots.parallel_attn = ParallelBranch(Scaled(per_place["attn"][layer], c.scale), normed=True)

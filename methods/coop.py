@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +43,11 @@ from petlbench.backbones.base import Backbone
 from petlbench.backbones.heads import prompt_class_name
 from petlbench.errors import UserError
 
-from ._heads import cosine_logits
-from .base import MAX_TOKENS, Method
+from ._heads import clip_of, cosine_logits, text_tower
+from .base import MAX_TOKENS, Method, dassl_protocol
+
+if TYPE_CHECKING:
+    from petlbench.backbones.clip import ClipBackbone
 
 PLACEHOLDER = "X"
 POSITIONS = ("end", "middle", "front")
@@ -75,7 +78,7 @@ class OneContextAtTheEnd:
 
 def _token_count(backbone: Backbone, texts: Sequence[str]) -> list[int]:
     """Tokens of each text without SOS/EOT (0 for an empty text)."""
-    ids = backbone.tokenize(list(texts))
+    ids = clip_of(backbone).tokenize(list(texts))
     return [int(n) for n in (ids.argmax(dim=-1) - 1)]
 
 
@@ -121,11 +124,11 @@ def build_layout(
     texts = [
         pre + " ".join([PLACEHOLDER] * before + [name] + [PLACEHOLDER] * after) + post for name in class_names
     ]
-    ids = backbone.tokenize(texts)
+    ids = clip_of(backbone).tokenize(texts)
     eot = ids.argmax(dim=-1)
     n_pre = _token_count(backbone, [pre])[0] if pre.strip() else 0
     name_lens = _token_count(backbone, class_names)
-    placeholder = int(backbone.tokenize([PLACEHOLDER])[0, 1])
+    placeholder = int(clip_of(backbone).tokenize([PLACEHOLDER])[0, 1])
     positions = []
     for c, n_name in enumerate(name_lens):
         start = 1 + n_pre
@@ -140,8 +143,7 @@ def build_layout(
         positions.append(pos)
     length = int(eot.max()) + 1
     ids = ids[:, :length]
-    tower = backbone.tower("text")
-    embeds = tower.embed(ids).detach()
+    embeds = text_tower(backbone).embed(ids).detach()
     ctx_pos = torch.tensor(positions, dtype=torch.long).view(len(class_names), n_ctx)
     return PromptLayout(texts, ids, embeds, ctx_pos, eot)
 
@@ -152,6 +154,13 @@ class PromptHead(nn.Module):
     The method and backbone are held as plain references: the learned context belongs to the method
     (counted and checkpointed there), not to the head.
     """
+
+    method: CoOp
+    backbone: ClipBackbone
+    token_ids: torch.Tensor
+    embeds: torch.Tensor
+    ctx_pos: torch.Tensor
+    eot: torch.Tensor
 
     def __init__(self, method: Method, backbone: Backbone, layout: PromptLayout) -> None:
         super().__init__()
@@ -177,8 +186,7 @@ class PromptHead(nn.Module):
 
         Context vectors get the position embeddings of the places they take, like every token.
         """
-        tower = self.backbone.tower("text")
-        pos = tower.positional_embedding[self.ctx_pos].to(ctx.dtype)  # (C, M, d)
+        pos = text_tower(self.backbone).positional_embedding[self.ctx_pos].to(ctx.dtype)  # (C, M, d)
         src = ctx + pos
         lead = src.shape[:-3]
         base = self.embeds.to(src.dtype).expand(*lead, *self.embeds.shape)
@@ -188,7 +196,7 @@ class PromptHead(nn.Module):
     def encode(self, prompts: torch.Tensor) -> torch.Tensor:
         """Normalised text features of prompts (N*C, L, d) whose EOT indices repeat ``eot``."""
         eot = self.eot.repeat(prompts.shape[0] // self.num_classes)
-        return F.normalize(self.backbone.tower("text").encode_embeddings(prompts, eot), dim=-1)
+        return F.normalize(text_tower(self.backbone).encode_embeddings(prompts, eot), dim=-1)
 
 
 class CoOpHead(PromptHead):
@@ -236,20 +244,12 @@ class CoOp(Method):
     name = "coop"
     family = "prompt"
     paper = "Zhou et al., Learning to Prompt for Vision-Language Models, IJCV 2022"
-    Config = CoOpConfig
+    Config: ClassVar[type] = CoOpConfig
     limits = {"n_ctx": (0, MAX_TOKENS)}
     towers = ("text",)
     backbone_kinds = ("clip",)
     head = "text"
-    suggested_protocol: ClassVar[dict[str, Any]] = {
-        "optimizer": "sgd",
-        "lr": 2e-3,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "batch_size": 32,
-        "epochs": 200,
-        "shots": 16,
-    }
+    suggested_protocol: ClassVar[dict[str, Any]] = dassl_protocol(lr=2e-3, batch_size=32, epochs=200)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -277,12 +277,10 @@ class CoOp(Method):
         self.__dict__["_backbone"] = backbone
         phrase = self.config.ctx_init.strip().replace("_", " ")
         if phrase:
-            ids = backbone.tokenize([phrase])
+            ids = clip_of(backbone).tokenize([phrase])
             m = int(ids.argmax()) - 1
             with torch.no_grad():
-                self._init_vectors = (
-                    backbone.tower("text").token_embedding(ids[0, 1 : 1 + m]).detach().clone()
-                )
+                self._init_vectors = text_tower(backbone).token_embedding(ids[0, 1 : 1 + m]).detach().clone()
             self.n_ctx = m
         else:
             self.n_ctx = self.config.n_ctx

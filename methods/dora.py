@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -121,8 +122,8 @@ class DoRA(LoRA):
         self._bind_slots()
 
     def _write_into_weights(self, undo: bool) -> None:
-        for layers in self.lora.values():
-            for module in layers:
+        for _, layers in self._updates():
+            for module in (cast(DoRAQKV, m) for m in layers):
                 if undo:
                     module.unmerge_from_weight()
                 else:

@@ -25,7 +25,7 @@ are refused; the MLP hidden width must be a multiple of the width (4x on every t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ from petlbench.backbones.tower import Tower
 from petlbench.errors import UserError
 
 from ._towers import TowerChoice
-from .base import MAX_WIDTH
+from .base import MAX_WIDTH, no_drop_path
 
 ATTN_OPS = ("q", "k", "v", "proj")
 
@@ -78,6 +78,9 @@ class FacTFactors(nn.Module):
             nn.init.xavier_uniform_(self.c)
             nn.init.xavier_uniform_(self.p)
 
+    def _tt_core(self, layer: int, op: str) -> nn.Module:
+        return cast(nn.ModuleDict, self.cores[layer])[op]
+
     def _tk_core(self, layer: int, first: int, count: int) -> torch.Tensor:
         start = layer * self.per_layer + first
         return self.c @ self.p[:, start : start + count]  # (r, r, count)
@@ -86,7 +89,7 @@ class FacTFactors(nn.Module):
         """``s * V(dropout(core(U(x))))`` for op q, k, v or proj (fact_tt.py:L64-66, L81)."""
         z = self.u(x)
         if self.mode == "tt":
-            z = self.cores[layer][op](z)
+            z = self._tt_core(layer, op)(z)
         else:
             z = z @ self._tk_core(layer, 0, 4)[:, :, ATTN_OPS.index(op)]  # fact_tk.py:L61-68
         return self.v(self.dropout(z)) * self.scale
@@ -96,19 +99,19 @@ class FacTFactors(nn.Module):
         batch, n, _ = h.shape
         z = self.u(h)
         if self.mode == "tt":
-            z = self.cores[layer]["fc1"](z)
+            z = self._tt_core(layer, "fc1")(z)
         else:
             z = z @ self._tk_core(layer, 4, 2 * self.ratio)[:, :, : self.ratio].reshape(self.rank, -1)
         z = self.dropout(z).reshape(batch, n, self.ratio, self.rank)
         return self.v(z).reshape(batch, n, self.ratio * self.width) * self.scale
 
     def fc2(self, layer: int, a: torch.Tensor) -> torch.Tensor:
-        """Increment of fc2 (B, N, d) from its input, the activation (fact_tt.py:L96-98, fact_tk.py:L100-102).
-        """
+        """Increment of fc2 (B, N, d) from its input, the activation (fact_tt.py:L96-98,
+        fact_tk.py:L100-102)."""
         batch, n, _ = a.shape
         z = self.u(a.reshape(batch, n, self.ratio, self.width)).reshape(batch, n, self.ratio * self.rank)
         if self.mode == "tt":
-            z = self.cores[layer]["fc2"](z)
+            z = self._tt_core(layer, "fc2")(z)
         else:
             z = z @ self._tk_core(layer, 4, 2 * self.ratio)[:, :, self.ratio :].reshape(self.rank, -1).t()
         return self.v(self.dropout(z)) * self.scale
@@ -141,14 +144,7 @@ class _FacT(TowerChoice):
     towers = ("image", "text")
     backbone_kinds = ("vit", "clip")  # Swin: widths differ by stage; OFA: its layers skip the MLP slots
     limits = {"rank": (1, MAX_WIDTH)}
-    deviations = (
-        {
-            "id": "fact-no-drop-path",
-            "what": "The frozen backbone runs without stochastic depth (the reference trains with "
-            "drop_path_rate 0.1, FacT/fact_tt.py:L175).",
-        },
-    )
-
+    deviations = (no_drop_path("fact", "the reference trains with drop_path_rate 0.1, FacT/fact_tt.py:L175"),)
 
     def attach(self, backbone: Backbone) -> None:
         c = self.config

@@ -38,7 +38,7 @@ from petlbench.backbones.base import Backbone
 from petlbench.errors import UserError
 
 from ._heads import KeepsTeacherText
-from .base import MAX_TOKENS, LossContext, frozen_class_features
+from .base import MAX_TOKENS, LossContext, dassl_protocol, frozen_class_features
 from .coop import CoOp, CoOpHead, OneContextAtTheEnd, build_layout
 
 
@@ -70,15 +70,7 @@ class KgCoOp(CoOp):
     limits = {"n_ctx": (0, MAX_TOKENS), "weight": (0.0, 1e6)}
     # KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml: batch 128 (L3), SGD (L16), lr 0.002
     # (L17), 100 epochs (L18), Dassl's constant-warmup cosine (L19-22).
-    suggested_protocol: ClassVar[dict[str, Any]] = {
-        "optimizer": "sgd",
-        "lr": 2e-3,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "batch_size": 128,
-        "epochs": 100,
-        "shots": 16,
-    }
+    suggested_protocol: ClassVar[dict[str, Any]] = dassl_protocol(lr=2e-3, batch_size=128, epochs=100)
 
     def validate_config(self) -> None:
         super().validate_config()

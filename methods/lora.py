@@ -23,8 +23,9 @@ method's state, so a checkpoint of a merged model reloads merged.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -110,9 +111,8 @@ class LoRA(FoldsIntoWeights, TowerChoice):
     name = "lora"
     family = "reparameterization"
     paper = "Hu et al., LoRA: Low-Rank Adaptation of Large Language Models, ICLR 2022"
-    Config = LoRAConfig
+    Config: ClassVar[type] = LoRAConfig
     limits = {"rank": (1, MAX_WIDTH)}
-    towers = ("image", "text", "encoder", "decoder")
     fold_option = "merge"
     fold_stage = ("merge", "merge the low-rank updates into the frozen weights")
     fold_key = "merged"
@@ -151,8 +151,14 @@ class LoRA(FoldsIntoWeights, TowerChoice):
             self._towers[tower_name] = tower
         self._bind_slots()
 
-    def _bind_slots(self) -> None:
+    def _updates(self) -> Iterator[tuple[str, list[LoRAQKV]]]:
+        """Each attached tower's name and its per-layer updates (``self.lora`` holds them as
+        ``nn.ModuleList`` objects, which type their items as plain modules)."""
         for tower_name, layers in self.lora.items():
+            yield tower_name, [cast(LoRAQKV, module) for module in cast(nn.ModuleList, layers)]
+
+    def _bind_slots(self) -> None:
+        for tower_name, layers in self._updates():
             tower = self._towers[tower_name]
             for layer, module in enumerate(layers):
                 tower.slots[layer].qkv_delta = None if self._in_weights else module
@@ -168,7 +174,7 @@ class LoRA(FoldsIntoWeights, TowerChoice):
 
     def _write_into_weights(self, undo: bool) -> None:
         sign = -1.0 if undo else 1.0
-        for tower_name, layers in self.lora.items():
+        for tower_name, layers in self._updates():
             for view, module in zip(self._towers[tower_name]._views, layers, strict=True):
                 weight = view.qkv_weight()
                 weight.add_(sign * module.delta_weight().to(weight.dtype))

@@ -27,9 +27,10 @@ tokens at depth 12: 12 x 2 x 512 + 12 x 2 x 768 = 30,720.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +41,11 @@ from petlbench.backbones.heads import prompt_class_name
 from petlbench.backbones.slots import InputTokens
 from petlbench.errors import UserError
 
-from ._heads import cosine_logits
-from .base import MAX_LAYERS, MAX_TOKENS, Method
+from ._heads import clip_of, cosine_logits, text_tower
+from .base import MAX_LAYERS, MAX_TOKENS, Method, dassl_protocol
+
+if TYPE_CHECKING:
+    from petlbench.backbones.clip import ClipBackbone
 
 INIT_STD = 0.02  # nn.init.normal_(std=0.02): maple.py L96, L114; clip/model.py L220
 
@@ -81,6 +85,11 @@ class MaPLeHead(nn.Module):
     context and the deep prompts. Without autograd the class features are cached per version of
     the method's parameters."""
 
+    method: MaPLe
+    backbone: ClipBackbone
+    embeds: torch.Tensor
+    eot: torch.Tensor
+
     def __init__(self, method: MaPLe, backbone: Backbone, embeds: torch.Tensor, eot: torch.Tensor) -> None:
         super().__init__()
         self.__dict__["method"] = method
@@ -90,7 +99,7 @@ class MaPLeHead(nn.Module):
         self._cache: tuple[Any, torch.Tensor] | None = None
 
     def _encode(self) -> torch.Tensor:
-        return F.normalize(self.backbone.tower("text").encode_embeddings(self.embeds, self.eot), dim=-1)
+        return F.normalize(text_tower(self.backbone).encode_embeddings(self.embeds, self.eot), dim=-1)
 
     def class_features(self) -> torch.Tensor:
         if torch.is_grad_enabled():
@@ -126,15 +135,7 @@ class MaPLe(Method):
     backbone_kinds = ("clip",)
     head = "text"
     coupling: ClassVar[bool] = True
-    suggested_protocol: ClassVar[dict[str, Any]] = {
-        "optimizer": "sgd",
-        "lr": 3.5e-3,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "batch_size": 4,
-        "epochs": 5,
-        "shots": 16,
-    }
+    suggested_protocol: ClassVar[dict[str, Any]] = dassl_protocol(lr=3.5e-3, batch_size=4, epochs=5)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -144,9 +145,9 @@ class MaPLe(Method):
     def _context(self, backbone: Backbone) -> torch.Tensor:
         """The first ``n`` token embeddings of ``ctx_init`` (maple.py L84-92), or N(0, 0.02)."""
         n, phrase = self.config.n_ctx, self.config.ctx_init.replace("_", " ").strip()
-        text = backbone.tower("text")
+        text = text_tower(backbone)
         if phrase:
-            ids = backbone.tokenize([phrase])
+            ids = clip_of(backbone).tokenize([phrase])
             if int(ids.argmax()) - 1 < n:
                 raise UserError(f"{self.name}: ctx_init {phrase!r} has fewer than n_ctx={n} tokens")
             with torch.no_grad():
@@ -162,7 +163,7 @@ class MaPLe(Method):
     def attach(self, backbone: Backbone) -> None:
         c = self.config
         self.__dict__["_backbone"] = backbone
-        text, image = backbone.tower("text"), backbone.tower("image")
+        text, image = text_tower(backbone), backbone.tower("image")
         self._text_depth = self._depth(backbone, c.depth, "text")
         self.ctx = nn.Parameter(self._context(backbone))
         self.text_prompts = nn.ParameterList(
@@ -184,21 +185,21 @@ class MaPLe(Method):
         )
         for layer, (p, proj) in enumerate(zip(self.text_prompts, self.projections, strict=True), start=1):
             image.slots[layer].input_tokens = ComputedTokens(
-                p, lambda p=p, proj=proj: proj(p), mode="replace", position="end"
+                p, functools.partial(proj, p), mode="replace", position="end"
             )
 
-    def make_head(self, backbone: Backbone, class_names: list[str], templates: list[str]) -> nn.Module:
+    def make_head(self, backbone: Backbone, class_names: list[str], templates: list[str]) -> MaPLeHead:
         """Prompts ``ctx_init + " " + name + "."`` (maple.py L121) embedded once, the context's ``n``
         positions removed (the layer-0 slot puts the context there)."""
         if self._backbone is None:
             raise RuntimeError(f"{self.name}: attach() before make_head()")
         n, phrase = self.config.n_ctx, self.config.ctx_init.replace("_", " ").strip()
         prefix = phrase if phrase else " ".join(["X"] * n)  # maple.py L92, L97
-        ids = backbone.tokenize([f"{prefix} {prompt_class_name(name)}." for name in class_names])
+        ids = clip_of(backbone).tokenize([f"{prefix} {prompt_class_name(name)}." for name in class_names])
         eot = ids.argmax(dim=-1)
         ids = ids[:, : int(eot.max()) + 1]
         with torch.no_grad():
-            x = backbone.tower("text").embed(ids)
+            x = text_tower(backbone).embed(ids)
         embeds = torch.cat([x[:, :1], x[:, 1 + n :]], dim=1).detach()
         device = self.ctx.device
         return MaPLeHead(self, backbone, embeds.to(device), (eot - n).to(device))

@@ -123,7 +123,6 @@ class PrefixTuning(TowerChoice):
         "decoder_length": (0, MAX_TOKENS),
         "projection_dim": (1, MAX_WIDTH),
     }
-    towers = ("image", "text", "encoder", "decoder")
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -146,7 +145,6 @@ class PrefixTuning(TowerChoice):
             )
         if not math.isfinite(c.init_std) or c.init_std < 0:
             raise UserError(f"prefix: init_std must be >= 0, got {c.init_std}")
-
 
     @classmethod
     def kind_defaults(cls, kind: str) -> dict[str, Any]:

@@ -30,13 +30,12 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from petlbench.backbones.base import Backbone
 from petlbench.backbones.heads import prompt_class_name
 
-from ._heads import KeepsTeacherText
-from .base import Callback, LossContext, frozen_backbone
+from ._heads import KeepsTeacherText, clip_of
+from .base import Callback, LossContext, dassl_protocol, frozen_backbone
 from .maple import IVLP, MaPLeHead
 
 # The 60 prompt templates (from CLIP's ImageNet prompt-engineering notebook) of the teacher in
@@ -181,17 +180,9 @@ class PromptSRC(IVLP):
     )
     Config: ClassVar[type] = PromptSRCConfig
     limits = {**IVLP.limits, "gpa_std": (1e-6, 1e6)}
-    suggested_protocol: ClassVar[dict[str, Any]] = {
-        "optimizer": "sgd",
-        "lr": 2.5e-3,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "batch_size": 4,
-        "epochs": 20,
-        "shots": 16,
-    }
+    suggested_protocol: ClassVar[dict[str, Any]] = dassl_protocol(lr=2.5e-3, batch_size=4, epochs=20)
 
-    def make_head(self, backbone: Backbone, class_names: list[str], templates: list[str]) -> nn.Module:
+    def make_head(self, backbone: Backbone, class_names: list[str], templates: list[str]) -> PromptSRCHead:
         head = super().make_head(backbone, class_names, templates)
         teacher = self.teacher_text(backbone, class_names)
         return PromptSRCHead(self, backbone, head.embeds, head.eot, teacher.to(head.embeds.device))
@@ -201,10 +192,11 @@ class PromptSRC(IVLP):
         """The frozen CLIP's class features: the mean over the templates of the raw features,
         normalised (promptsrc.py L120-128, L199-200)."""
         names = [prompt_class_name(n) for n in class_names]
-        device = backbone.logit_scale.device
+        clip = clip_of(backbone)
+        device = clip.logit_scale.device
         with frozen_backbone(backbone):
             feats = [
-                backbone.encode_text(backbone.tokenize([t.replace("{}", n) for n in names]).to(device))
+                clip.encode_text(clip.tokenize([t.replace("{}", n) for n in names]).to(device))
                 for t in IMAGENET_TEMPLATES
             ]
         return F.normalize(torch.stack(feats, dim=1).mean(dim=1), dim=-1)
@@ -218,7 +210,7 @@ class PromptSRC(IVLP):
         text, teacher = head.last_text.float(), head.teacher_text.float()
         image = F.normalize(ctx.features.float(), dim=-1)
         frozen = F.normalize(ctx.frozen_image_features().float(), dim=-1)
-        zs_logits = self._backbone.logit_scale.exp() * frozen @ teacher.t()
+        zs_logits = head.backbone.logit_scale.exp() * frozen @ teacher.t()
         logits = ctx.logits.float()
         kl = (
             F.kl_div(

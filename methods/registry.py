@@ -20,6 +20,7 @@ from petlbench.errors import UserError
 from petlbench.registry import BUILTIN, Registry, load_entry_point
 
 from .base import Method
+from .compose import Composed, compose
 
 GROUP = "petlbench.methods"
 
@@ -60,8 +61,6 @@ def get_method(name: str) -> type[Method]:
     """The method class registered as ``name``; ``a+b`` composes the methods ``a`` and ``b`` into one
     that attaches both through their slots."""
     if "+" in name:
-        from .compose import compose
-
         return compose([get_method(part) for part in name.split("+")])
     return METHODS.get(name).load()
 
@@ -82,7 +81,15 @@ def method_options(cls: type[Method]) -> list[OptionInfo]:
 
     The help is a field's ``metadata["help"]`` when it has one, otherwise the comment that follows
     the field on its line of the Config's source (how every built-in documents its options: the
-    reference value and where it comes from), so the listing cannot drift from the code."""
+    reference value and where it comes from), so the listing cannot drift from the code. A
+    composition ``a+b`` lists each part's options in turn, named as ``--set`` addresses them
+    (``a.option``)."""
+    if issubclass(cls, Composed):
+        return [
+            dataclasses.replace(opt, name=f"{part.name}.{opt.name}")
+            for part in cls.parts
+            for opt in method_options(part)
+        ]
     comments = _field_comments(cls.Config)
     hints = typing.get_type_hints(cls.Config)
     out = []

@@ -19,8 +19,9 @@ folds after training; the folded flag travels with the state.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ from petlbench.backbones.vit import fold_affine
 
 from ._folding import FoldsIntoWeights
 from ._towers import TowerChoice
+from .base import no_drop_path
 
 
 @dataclass
@@ -56,10 +58,12 @@ class ScaleShift(nn.Module):
         return y * self.scale.to(y.dtype) + self.shift.to(y.dtype)
 
 
-class _QKV:
-    """The fused qkv projection's weight and bias, however the backbone stores them (for folding)."""
+class _QKV(nn.Module):
+    """The fused qkv projection's weight and bias, however the backbone stores them, as a module
+    :func:`fold_affine` folds into."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, where: str) -> None:
+        super().__init__()
         if bias is None:
             raise ValueError(f"ssf: {where} has no qkv bias to fold a shift into")
         self.weight, self.bias = weight, bias
@@ -95,11 +99,9 @@ class SSF(FoldsIntoWeights, TowerChoice):
             "also scales after the conv, models/swin_transformer.py:L529-531) and patch merging gets none "
             "(the reference scales its norm, L422).",
         },
-        {
-            "id": "ssf-no-drop-path",
-            "what": "The frozen backbone runs without stochastic depth (the reference trains with "
-            "drop_path_rate 0.1, train_scripts/vit/vtab/*/train_ssf.sh).",
-        },
+        no_drop_path(
+            "ssf", "the reference trains with drop_path_rate 0.1, train_scripts/vit/vtab/*/train_ssf.sh"
+        ),
     )
 
     def __init__(self, config: Any = None) -> None:
@@ -129,15 +131,20 @@ class SSF(FoldsIntoWeights, TowerChoice):
             self._towers[tower_name] = tower
         self._bind_slots()
 
-    def _bind_slots(self) -> None:
+    def _scale_shifts(self) -> Iterator[tuple[str, Tower, dict[str, ScaleShift]]]:
+        """Each attached tower's name, the tower and its scale-shift modules by key."""
         for tower_name, mods in self.ssf.items():
-            tower = self._towers[tower_name]
+            typed = {key: cast(ScaleShift, m) for key, m in cast(nn.ModuleDict, mods).items()}
+            yield tower_name, self._towers[tower_name], typed
+
+    def _bind_slots(self) -> None:
+        for _, tower, mods in self._scale_shifts():
             for layer in range(tower.depth):
                 for op in OPS:  # entry by entry: another method's after_op entries stay
                     tower.set_slot(
                         layer, f"after_op.{op}", None if self._in_weights else mods[f"{layer}_{op}"]
                     )
-            live = {} if self._in_weights else dict(mods.items())
+            live = {} if self._in_weights else mods
             tower.tower_slots.after_patch_embed = live.get("embed")
             tower.tower_slots.after_final_norm = live.get("final")
 
@@ -151,12 +158,16 @@ class SSF(FoldsIntoWeights, TowerChoice):
         self._set_in_weights(False)
 
     def _write_into_weights(self, undo: bool) -> None:
-        for tower_name, mods in self.ssf.items():
-            tower = self._towers[tower_name]
+        for tower_name, tower, mods in self._scale_shifts():
             for layer, view in enumerate(tower._views):
                 parts = view.mlp_parts()
                 qkv = _QKV(view.qkv_weight(), view.qkv_bias(), f"layer {layer} of tower {tower_name!r}")
-                targets = {"ln_1": view.ln_1, "qkv": qkv, "proj": view.out_proj, "ln_2": view.ln_2}
+                targets: dict[str, nn.Module] = {
+                    "ln_1": view.ln_1,
+                    "qkv": qkv,
+                    "proj": view.out_proj,
+                    "ln_2": view.ln_2,
+                }
                 targets |= {"fc1": parts.fc1, "fc2": parts.fc2}
                 for op, module in targets.items():
                     m = mods[f"{layer}_{op}"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,9 @@ from petlbench.errors import UserError
 
 from ._heads import OverTextHead
 from .base import Method, Stage, StageContext, frozen_backbone
+
+if TYPE_CHECKING:
+    from petlbench.backbones.classifier import ImageClassifier
 
 CACHE_BUFFERS = ("cache_keys", "cache_values", "alpha", "beta")
 
@@ -144,6 +147,11 @@ class TipAdapter(Method):
         },
     )
 
+    cache_keys: torch.Tensor  # buffers (registered in __init__)
+    cache_values: torch.Tensor
+    alpha: torch.Tensor
+    beta: torch.Tensor
+
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self._backbone: Backbone | None = None
@@ -178,7 +186,7 @@ class TipAdapter(Method):
     def build_cache(self, ctx: StageContext) -> None:
         """Keys: the mean over ``augment_epochs`` augmented views of each training image's frozen
         feature, normalised; values: one-hot labels (utils.py L38-62)."""
-        model, c = ctx.model, self.config
+        model, c = _classifier(ctx), self.config
         was_training = model.training
         model.eval()
         generator = torch.Generator().manual_seed(ctx.seed)
@@ -196,7 +204,7 @@ class TipAdapter(Method):
                 views.append(torch.cat(feats))
         model.train(was_training)
         keys = F.normalize(torch.stack(views).mean(dim=0), dim=-1)
-        classes = len(model.head.text_head.class_names)
+        classes = len(_head(model).text_head.class_names)
         values = F.one_hot(torch.cat(labels).long(), classes).float()
         self._set_cache(keys, values)
 
@@ -210,7 +218,7 @@ class TipAdapter(Method):
         c = self.config
         if not c.search or ctx.selection_batches is None:
             return
-        model = ctx.model
+        model = _classifier(ctx)
         was_training = model.training
         model.eval()
         feats, labels = [], []
@@ -219,7 +227,7 @@ class TipAdapter(Method):
             labels.append(y)
         model.train(was_training)
         f, y = torch.cat(feats), torch.cat(labels)
-        best = search_alpha_beta(model.head, f, y, c)
+        best = search_alpha_beta(_head(model), f, y, c)
         self.alpha.fill_(best[0])
         self.beta.fill_(best[1])
 
@@ -239,6 +247,16 @@ class TipAdapter(Method):
             "cache_size": int(self.cache_keys.shape[0]),
             "augment_epochs": self.config.augment_epochs,
         }
+
+
+def _classifier(ctx: StageContext) -> ImageClassifier:
+    """The stage's model: Tip-Adapter runs on CLIP, whose task model is an image classifier."""
+    return cast("ImageClassifier", ctx.model)
+
+
+def _head(model: ImageClassifier) -> TipAdapterHead:
+    """The classifier's head: the one :meth:`TipAdapter.make_head` built."""
+    return cast(TipAdapterHead, model.head)
 
 
 def search_alpha_beta(

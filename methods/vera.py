@@ -84,13 +84,11 @@ class VeRA(TowerChoice):
     paper = "Kopiczko et al., VeRA: Vector-based Random Matrix Adaptation, ICLR 2024 (peft's implementation)"
     Config = VeRAConfig
     limits = {"rank": (1, MAX_WIDTH)}
-    towers = ("image", "text", "encoder", "decoder")
 
     def validate_config(self) -> None:
         super().validate_config()
         c = self.config
         parse_targets(c.targets)
-
 
     @classmethod
     def kind_defaults(cls, kind: str) -> dict[str, Any]:

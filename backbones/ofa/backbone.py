@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import nn
@@ -25,9 +25,10 @@ from torch import nn
 from petlbench.errors import UserError
 
 from ..base import Backbone
+from ..seeding import seeded
 from .config import SIZES, OFAConfig, size_config
 from .layers import SelfAttention
-from .towers import EncoderOutput, OFADecoderTower, OFAEncoderTower
+from .towers import EmbeddingOffsets, EncoderOutput, OFADecoderTower, OFAEncoderTower
 
 OFA_MEAN = (0.5, 0.5, 0.5)
 OFA_STD = (0.5, 0.5, 0.5)
@@ -55,7 +56,7 @@ class OFABackbone(Backbone):
             config={"source": "petlbench", "arch": "ofa", **cfg.to_dict(), **(config or {})},
         )
         self.ofa_config = cfg
-        self.tokenizer = None  # an OFA tokenizer is attached by the harness (it lives with the data)
+        # No tokenizer here: an OFA run's tokenizer lives with its data (the seq2seq objective holds it).
 
     @property
     def encoder(self) -> OFAEncoderTower:
@@ -76,15 +77,10 @@ class OFABackbone(Backbone):
         )
 
     def encode(
-        self,
-        src_tokens: torch.Tensor,
-        pixels: torch.Tensor,
-        *,
-        text_offset: torch.Tensor | None = None,
-        image_offset: torch.Tensor | None = None,
+        self, src_tokens: torch.Tensor, pixels: torch.Tensor, **offsets: Unpack[EmbeddingOffsets]
     ) -> EncoderOutput:
         """Encoder memory of normalised ``pixels`` (B, 3, S, S) and ``src_tokens`` (B, L)."""
-        return self.encoder(src_tokens, pixels, text_offset=text_offset, image_offset=image_offset)
+        return self.encoder(src_tokens, pixels, **offsets)
 
     def decode(self, prev_tokens: torch.Tensor, memory: EncoderOutput) -> torch.Tensor:
         """Next-token logits (B, T, V) for decoder inputs ``prev_tokens`` (B, T) starting with BOS."""
@@ -179,12 +175,8 @@ def _random(
     with target:
         backbone = OFABackbone(name, cfg, config)
     if target.type != "meta":
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
+        with seeded(seed):
             init_weights(backbone)
-        finally:
-            torch.random.set_rng_state(state)
     backbone.freeze()
     return backbone
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +139,39 @@ def _effective(cfg: DecodeConfig, trie: Trie | None) -> DecodeConfig:
     return cfg
 
 
+class SearchOptions(TypedDict, total=False):
+    """The keyword options of :func:`greedy` and :func:`beam_search` (each None by default)."""
+
+    trie: Trie | None  # candidate sequences: only their prefixes are generated
+    allowed: torch.Tensor | None  # token ids that may be generated (EOS always may)
+    device: torch.device | None  # where the token tensors live (the memory's device)
+    prompt: Sequence[int] | None  # the decoder's forced start, shared by the batch (default: BOS)
+
+
+@dataclass(frozen=True)
+class _Search:
+    """What one search fixes: the decoder, the ids, the options (with a trie's depth applied), the
+    constraints and the forced start; :meth:`logprobs` is the constrained next-token distribution."""
+
+    decoder: Decoder
+    vocab: Vocab
+    cfg: DecodeConfig
+    trie: Trie | None
+    allowed: torch.Tensor | None
+    start: list[int]
+
+    @classmethod
+    def of(cls, decoder: Decoder, vocab: Vocab, cfg: DecodeConfig, options: SearchOptions) -> _Search:
+        trie, prompt = options.get("trie"), options.get("prompt")
+        start = list(prompt) if prompt else [vocab.bos]
+        return cls(decoder, vocab, _effective(cfg, trie), trie, options.get("allowed"), start)
+
+    def logprobs(self, tokens: torch.Tensor, memory: Any) -> torch.Tensor:
+        """Log-probs (N, V) of the token after ``tokens`` (N, T), every constraint applied."""
+        logits = self.decoder(tokens, memory)[:, -1]
+        return _step_logprobs(logits, tokens, self.cfg, self.vocab, self.trie, self.allowed, len(self.start))
+
+
 @torch.no_grad()
 def greedy(
     decoder: Decoder,
@@ -146,21 +179,17 @@ def greedy(
     batch: int,
     vocab: Vocab,
     cfg: DecodeConfig = DecodeConfig(beam=1),
-    *,
-    trie: Trie | None = None,
-    allowed: torch.Tensor | None = None,
-    device: torch.device | None = None,
-    prompt: Sequence[int] | None = None,
+    **options: Unpack[SearchOptions],
 ) -> list[list[int]]:
     """The most likely next token at every step until EOS; returns the generated tokens (no
-    prompt, no EOS). ``prompt``: the decoder's forced start, shared by the batch (default: BOS)."""
-    cfg = _effective(cfg, trie)
-    start = list(prompt) if prompt else [vocab.bos]
+    prompt, no EOS)."""
+    search = _Search.of(decoder, vocab, cfg, options)
+    cfg, start, device = search.cfg, search.start, options.get("device")
     tokens = torch.tensor([start] * batch, dtype=torch.long, device=device).view(batch, len(start))
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     out: list[list[int]] = [[] for _ in range(batch)]
     for _ in range(cfg.max_len + 1):
-        lp = _step_logprobs(decoder(tokens, memory)[:, -1], tokens, cfg, vocab, trie, allowed, len(start))
+        lp = search.logprobs(tokens, memory)
         nxt = lp.argmax(dim=-1)
         for row in range(batch):
             if not done[row]:
@@ -181,17 +210,13 @@ def beam_search(
     batch: int,
     vocab: Vocab,
     cfg: DecodeConfig = DecodeConfig(),
-    *,
-    trie: Trie | None = None,
-    allowed: torch.Tensor | None = None,
-    device: torch.device | None = None,
-    prompt: Sequence[int] | None = None,
+    **options: Unpack[SearchOptions],
 ) -> list[list[int]]:
     """fairseq-style beam search; the best final hypothesis per example (generated tokens, no
-    prompt, no EOS). ``prompt``: the decoder's forced start, shared by the batch (default: BOS)."""
-    cfg = _effective(cfg, trie)
+    prompt, no EOS)."""
+    search = _Search.of(decoder, vocab, cfg, options)
+    cfg, start, device = search.cfg, search.start, options.get("device")
     beam = cfg.beam
-    start = list(prompt) if prompt else [vocab.bos]
     rows = torch.arange(batch, device=device).repeat_interleave(beam)
     memory = memory.select(rows)  # every beam of an example shares its memory: never reordered
     tokens = torch.tensor([start] * (batch * beam), dtype=torch.long, device=device).view(-1, len(start))
@@ -201,7 +226,7 @@ def beam_search(
     done = [False] * batch
     for _ in range(cfg.max_len + 1):
         step = tokens.shape[1] - len(start) + 1  # the length of a hypothesis ending here (with EOS)
-        lp = _step_logprobs(decoder(tokens, memory)[:, -1], tokens, cfg, vocab, trie, allowed, len(start))
+        lp = search.logprobs(tokens, memory)
         vsize = lp.shape[-1]
         cand = (scores.view(-1, 1) + lp).view(batch, beam * vsize)
         top, idx = cand.topk(min(2 * beam, cand.shape[1]), dim=1)

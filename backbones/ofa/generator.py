@@ -7,12 +7,14 @@ whole module. It has no task head: the output projection is the shared embedding
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import torch
 from torch import nn
 
 from .backbone import OFABackbone
 from .decoding import DecodeConfig, Trie, Vocab, beam_search, greedy, score_candidates
-from .towers import EncoderOutput
+from .towers import EmbeddingOffsets, EncoderOutput
 
 
 class OFAGenerator(nn.Module):
@@ -29,16 +31,10 @@ class OFAGenerator(nn.Module):
         self.vocab = Vocab(bos=cfg.bos_id, eos=cfg.eos_id, pad=cfg.pad_id)
 
     def encode(
-        self,
-        src_tokens: torch.Tensor,
-        pixels: torch.Tensor,
-        *,
-        text_offset: torch.Tensor | None = None,
-        image_offset: torch.Tensor | None = None,
+        self, src_tokens: torch.Tensor, pixels: torch.Tensor, **offsets: Unpack[EmbeddingOffsets]
     ) -> EncoderOutput:
         """Encoder memory of ``pixels`` in [0, 1] (B, 3, S, S) and ``src_tokens`` (B, L)."""
-        normed = (pixels - self.mean) / self.std
-        return self.backbone.encode(src_tokens, normed, text_offset=text_offset, image_offset=image_offset)
+        return self.backbone.encode(src_tokens, (pixels - self.mean) / self.std, **offsets)
 
     def embed_inputs(
         self, src_tokens: torch.Tensor, pixels: torch.Tensor

@@ -88,14 +88,7 @@ class CrossAttention(nn.Module):
 
     def memory(self, encoder_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (B, heads, S, d_head) of the encoder output; computed once per input."""
-        return project_memory(
-            encoder_out,
-            self.k_proj.weight,
-            self.k_proj.bias,
-            self.v_proj.weight,
-            self.v_proj.bias,
-            self.heads,
-        )
+        return project_memory(encoder_out, self.k_proj, self.v_proj, self.heads)
 
     def scale_heads(self, out: torch.Tensor) -> torch.Tensor:
         return out * self.c_attn.to(out.dtype).view(1, -1, 1, 1)
@@ -199,12 +192,9 @@ class DecoderLayer(_Layer):
         ca = self.cross_attn
         c = cross_attention(
             self.cross_attn_layer_norm(x),
-            memory_kv[0],
-            memory_kv[1],
-            ca.q_proj.weight,
-            ca.q_proj.bias,
-            ca.out_proj.weight,
-            ca.out_proj.bias,
+            memory_kv,
+            ca.q_proj,
+            ca.out_proj,
             ca.heads,
             attn_bias=cross_bias,
             key_padding_mask=memory_padding,

@@ -15,7 +15,7 @@ LayerNorm so the memory and the logits keep the backbone's positions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +121,39 @@ class _OFATower(Tower):
     def _insert(self, x: torch.Tensor, slot: InputTokens | None, inserted: Inserted) -> torch.Tensor:
         return insert_tokens(x, slot, inserted) if slot is not None else x
 
+    # The released modules both towers have, registered in the checkpoint's order (the random init
+    # draws in registration order, so these keep where each tower registers them).
+    def _add_positions(self) -> None:
+        """Text and image position embeddings, each with its LayerNorm."""
+        cfg = self.cfg
+        d, eps = cfg.d_model, cfg.layer_norm_eps
+        self.embed_positions = nn.Embedding(cfg.max_positions + 2, d)
+        self.embed_image_positions = nn.Embedding(cfg.image_bucket_size**2 + 1, d)
+        self.pos_ln = nn.LayerNorm(d, eps=eps)
+        self.image_pos_ln = nn.LayerNorm(d, eps=eps)
+
+    def _add_layers(self, layer: type[_Layer], depth: int) -> None:
+        """Per-layer relative position tables (text and image), the layers, the final LayerNorm,
+        and the layers' slots."""
+        cfg = self.cfg
+        self.token_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding(2 * cfg.token_bucket_size - 1, self.heads) for _ in range(depth)
+        )
+        self.image_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding(num_image_buckets(cfg.image_bucket_size), self.heads) for _ in range(depth)
+        )
+        self.layers = nn.ModuleList(layer(cfg) for _ in range(depth))
+        self.layer_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self._init_slots(_views(self.layers))
+
+
+class EmbeddingOffsets(TypedDict, total=False):
+    """What :meth:`OFAEncoderTower.forward` adds to the raw embeddings (adversarial perturbations),
+    named as its keyword arguments: the backbone's and the generator's ``encode`` pass them on."""
+
+    text_offset: torch.Tensor | None  # (B, L, d), onto the text token embeddings
+    image_offset: torch.Tensor | None  # (B, N, d), onto the projected image patches
+
 
 @dataclass
 class EncoderOutput:
@@ -150,27 +183,16 @@ class OFAEncoderTower(_OFATower):
 
     def __init__(self, cfg: OFAConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__(cfg, embed_tokens)
-        d, eps, heads = cfg.d_model, cfg.layer_norm_eps, cfg.attention_heads
+        d, eps = cfg.d_model, cfg.layer_norm_eps
         self.embed_images = ResNetStem(cfg.resnet_layers, cfg.resnet_width)
         self.image_proj = nn.Linear(cfg.stem_channels, d)
         self.type_embedding = nn.Embedding(2, d)  # 0 text, 1 image
         self.layernorm_embedding = nn.LayerNorm(d, eps=eps)
         self.patch_layernorm_embedding = nn.LayerNorm(d, eps=eps)
-        self.embed_positions = nn.Embedding(cfg.max_positions + 2, d)
-        self.embed_image_positions = nn.Embedding(cfg.image_bucket_size**2 + 1, d)
-        self.pos_ln = nn.LayerNorm(d, eps=eps)
-        self.image_pos_ln = nn.LayerNorm(d, eps=eps)
+        self._add_positions()
         self.pos_q_linear = nn.Linear(d, d)
         self.pos_k_linear = nn.Linear(d, d)
-        self.token_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(2 * cfg.token_bucket_size - 1, heads) for _ in range(cfg.encoder_layers)
-        )
-        self.image_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(num_image_buckets(cfg.image_bucket_size), heads) for _ in range(cfg.encoder_layers)
-        )
-        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
-        self.layer_norm = nn.LayerNorm(d, eps=eps)
-        self._init_slots(_views(self.layers))
+        self._add_layers(EncoderLayer, cfg.encoder_layers)
 
     def embed_inputs(
         self, src_tokens: torch.Tensor, pixels: torch.Tensor
@@ -252,26 +274,15 @@ class OFADecoderTower(_OFATower):
 
     def __init__(self, cfg: OFAConfig, embed_tokens: nn.Embedding) -> None:
         super().__init__(cfg, embed_tokens)
-        d, eps, heads = cfg.d_model, cfg.layer_norm_eps, cfg.attention_heads
+        d, eps = cfg.d_model, cfg.layer_norm_eps
         self.layernorm_embedding = nn.LayerNorm(d, eps=eps)
         self.code_layernorm_embedding = nn.LayerNorm(d, eps=eps)
-        self.embed_positions = nn.Embedding(cfg.max_positions + 2, d)
-        self.embed_image_positions = nn.Embedding(cfg.image_bucket_size**2 + 1, d)
-        self.pos_ln = nn.LayerNorm(d, eps=eps)
-        self.image_pos_ln = nn.LayerNorm(d, eps=eps)
+        self._add_positions()
         self.self_pos_q_linear = nn.Linear(d, d)
         self.self_pos_k_linear = nn.Linear(d, d)
         self.cross_pos_q_linear = nn.Linear(d, d)
         self.cross_pos_k_linear = nn.Linear(d, d)
-        self.token_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(2 * cfg.token_bucket_size - 1, heads) for _ in range(cfg.decoder_layers)
-        )
-        self.image_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(num_image_buckets(cfg.image_bucket_size), heads) for _ in range(cfg.decoder_layers)
-        )
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
-        self.layer_norm = nn.LayerNorm(d, eps=eps)
-        self._init_slots(_views(self.layers))
+        self._add_layers(DecoderLayer, cfg.decoder_layers)
 
     def _memory_kv(self, memory: EncoderOutput, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if index not in memory._kv:

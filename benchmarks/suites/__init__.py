@@ -299,7 +299,10 @@ class Suite:
         own ``method_protocol``), the point a search chose (``search``), then ``overrides`` (the
         user's). A layer that repeats the value
         below it does not take the field over. The suite's ``epochs_by_shots`` (the reference's
-        epochs per shot count) sets ``epochs`` when no layer above the suite set it."""
+        epochs per shot count) sets ``epochs`` when no layer above the suite set it. A composed
+        method ``a+b`` runs with the protocol its parts agree on (:meth:`_composed_protocol`)."""
+        if method is not None and "+" in method:
+            return self._composed_protocol(task, method, overrides, search)
         overrides = dict(overrides or {})
         Protocol.check_keys(overrides)
         Protocol.check_keys(search or {})
@@ -343,16 +346,63 @@ class Suite:
             raise UserError(f"{where}: {err}") from None
         return EffectiveProtocol(protocol, source, {k: v for k, v in refs.items() if k in values})
 
+    def _composed_protocol(
+        self,
+        task: TaskSpec,
+        method: str,
+        overrides: Mapping[str, Any] | None,
+        search: Mapping[str, Any] | None,
+    ) -> EffectiveProtocol:
+        """A composition ``a+b`` (methods/compose.py) trains once, so every part must get the
+        protocol it would run with alone on this task: each field has the value all parts' own
+        protocols give it, from the highest layer any part took it from (with the reference of
+        the first such part that cites one). Where the parts' protocols differ the run is
+        refused, naming the fields; ``--protocol FIELD=VALUE`` settles one (the user layer is on
+        top of every part's)."""
+        names = method.split("+")
+        parts = [self.resolve_protocol(task, name, overrides, search) for name in names]
+        first = parts[0].protocol.to_dict()
+        for name, part in zip(names[1:], parts[1:], strict=True):
+            values = part.protocol.to_dict()
+            differ = [key for key in first if values[key] != first[key]]
+            if differ:
+                raise UserError(
+                    f"suite {self.name!r}, task {task.name!r}, method {method!r}: its parts train with "
+                    f"different {', '.join(differ)} ({names[0]}: "
+                    + ", ".join(f"{key}={first[key]!r}" for key in differ)
+                    + f"; {name}: "
+                    + ", ".join(f"{key}={values[key]!r}" for key in differ)
+                    + "); choose with --protocol "
+                    + " ".join(f"{key}=VALUE" for key in differ)
+                )
+        source: dict[str, str] = {}
+        refs: dict[str, str] = {}
+        for key in first:
+            top = max(parts, key=lambda part: (LAYERS.index(part.source[key]), key in part.refs))
+            source[key] = top.source[key]
+            if key in top.refs:
+                refs[key] = top.refs[key]
+        return EffectiveProtocol(parts[0].protocol, source, refs)
+
     def protocol_for(self, task: TaskSpec, method: str | None = None, **overrides: Any) -> Protocol:
         """The effective protocol of :meth:`resolve_protocol` without its sources."""
         return self.resolve_protocol(task, method, overrides).protocol
 
     def method_config_for(self, method: str) -> dict[str, Any]:
-        """Option defaults this suite sets for ``method`` (under the user's ``--set``)."""
+        """Option defaults this suite sets for ``method`` (under the user's ``--set``); a composed
+        ``a+b`` gets each part's as ``a.option``, the key a composition's config reads."""
+        if "+" in method:
+            return {
+                f"{part}.{key}": value
+                for part in method.split("+")
+                for key, value in self.method_config.get(part, {}).items()
+            }
         return dict(self.method_config.get(method, {}))
 
     def deviations_for(self, task: str, method: str, backbone: str) -> list[dict[str, str]]:
-        return [d.to_dict() for d in self.deviations if d.applies(task, method, backbone)]
+        """The suite's deviations that apply to a run of ``method`` (of any part of ``a+b``)."""
+        parts = method.split("+")
+        return [d.to_dict() for d in self.deviations if any(d.applies(task, m, backbone) for m in parts)]
 
 
 # ----- loading ------------------------------------------------------------------------------------

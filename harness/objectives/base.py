@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,7 +23,6 @@ from torch import nn
 
 from petlbench.backbones.base import Backbone
 from petlbench.benchmarks.data import TaskData
-from petlbench.benchmarks.datasets.ofa_loaders import Seq2SeqTaskData
 from petlbench.benchmarks.suites import Protocol, TaskSpec
 from petlbench.methods.base import Method
 
@@ -31,6 +30,9 @@ from ..image_cache import ImageCache
 from ..leakage import refuse_leakage
 from ..spec import RunSpec
 from ..trainer import Trainer, TrainResult
+
+if TYPE_CHECKING:  # the OFA task data type, named for typing only
+    from petlbench.benchmarks.datasets.ofa_loaders import Seq2SeqTaskData
 
 
 @dataclass

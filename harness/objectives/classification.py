@@ -111,6 +111,24 @@ def predict(
     return torch.cat(preds).cpu() if preds else torch.empty(0, dtype=torch.long)
 
 
+def build_classifier(
+    backbone_name: str,
+    method_name: str,
+    method_config: dict[str, Any],
+    *,
+    pretrained: bool,
+    class_names: list[str],
+    templates: list[str],
+) -> tuple[ImageClassifier, Method]:
+    """Backbone + attached method + the method's head for ``class_names``: the task model of a
+    classification run, and the model ``bench perf`` times (the one way both build it)."""
+    backbone = build_backbone(backbone_name, pretrained=pretrained)
+    method = attach_method(method_name, method_config, backbone)
+    with out_of_memory_as_user_error(f"the head of {method_name!r} on {backbone_name}"):
+        head = head_for(method, backbone, class_names, templates)
+    return ImageClassifier(backbone, head, method), method
+
+
 def pixel_batches(split: TensorImageDataset, batch_size: int, device: torch.device) -> Batches:
     """One pass over ``split`` in order, as (pixels, labels) on ``device``: what a stage's ``prepare``
     hook reads (E²VPT's gate importance, Tip-Adapter's cache)."""
@@ -225,17 +243,28 @@ class ClassificationObjective(Objective):
     def metric_name(self) -> str:
         return self.task.metric
 
+    def check(self) -> None:
+        if self.spec.measure.get("test_by_epoch") and self.data.meta.get("eval_class_names"):
+            raise UserError(
+                f"task {self.spec.task!r} is base-to-new: its test classes get a head only after training, "
+                "so there is no test score per epoch (--test-by-epoch)"
+            )
+
     def build(self) -> ImageClassifier:
         spec, data, task = self.spec, self.data, self.task
         seed_everything(spec.seed)
-        backbone = build_backbone(spec.backbone, pretrained=spec.pretrained)
-        method = attach_method(spec, backbone)
-        with out_of_memory_as_user_error(f"the head of {spec.method!r} on {spec.backbone}"):
-            class_names = list(task.class_names) if task.class_names else data.class_names
-            head = head_for(method, backbone, class_names, list(task.templates))
-        model = ImageClassifier(backbone, head, method)
+        class_names = list(task.class_names) if task.class_names else data.class_names
+        model, method = build_classifier(
+            spec.backbone,
+            spec.method,
+            spec.method_config,
+            pretrained=spec.pretrained,
+            class_names=class_names,
+            templates=list(task.templates),
+        )
         refuse_nothing_to_train(spec, model)
-        self.model, self.backbone, self.method, self.head = model.to(self.device), backbone, method, head
+        self.model, self.backbone, self.method, self.head = model, model.backbone, method, model.head
+        model.to(self.device)
         return self.model
 
     def splits(self) -> Splits:

@@ -197,8 +197,7 @@ class Seq2SeqObjective(Objective):
                 f"the tokenizer has {len(tokenizer)} tokens but {spec.backbone} has a vocabulary of "
                 f"{backbone.ofa_config.vocab_size}; use the checkpoint's vocab.json/merges.txt"
             )
-        backbone.tokenizer = tokenizer  # type: ignore[assignment]  # Backbone types CLIP's callable tokenizers
-        method = attach_method(spec, backbone)
+        method = attach_method(spec.method, spec.method_config, backbone)
         model = OFAGenerator(backbone, method)
         refuse_nothing_to_train(spec, model)
         self.model, self.backbone, self.method, self.head = model.to(self.device), backbone, method, None

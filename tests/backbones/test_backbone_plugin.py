@@ -10,7 +10,7 @@ import textwrap
 
 from petlbench.backbones.registry import backbone_entries
 
-PLUGIN = '''
+PLUGIN = """
 from petlbench.backbones.clip import CLIP_MEAN, CLIP_STD, build_tiny_clip
 from petlbench.backbones.registry import IMAGE_TEXT, BackboneEntry
 
@@ -29,7 +29,7 @@ ENTRY = BackboneEntry(
 
 def build_legacy(pretrained):
     return build_tiny_clip("plug-legacy", seed=7)
-'''
+"""
 
 
 def _site(tmp_path):

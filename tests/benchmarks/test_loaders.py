@@ -509,7 +509,7 @@ def test_run_coop_fewshot11_end_to_end(coop_root: Path, tmp_path: Path, capsys) 
     assert code == 0, capsys.readouterr().err
     with Store(store) as s:
         (rec,) = s.records()
-    assert rec.status == "finished" and rec.task == "oxford_pets"
+    assert rec.status == "finished" and rec.spec.task == "oxford_pets"
     assert rec.result["train"]["train_examples"] == 28  # 16 shots > 7 per class: all of train
     assert rec.provenance["data"]["loader"] == "coop"
     assert (coop_root / "oxford_pets" / "split_fewshot" / "shot_16-seed_1.json").is_file()

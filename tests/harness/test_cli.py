@@ -25,7 +25,7 @@ def test_run_stores_a_finished_result_and_a_rerun_does_no_work(tmp_path, capsys)
     assert _run(tmp_path, *args, "--protocol", "epochs=2") == 0
     with Store(tmp_path / "s.sqlite") as store:
         (rec,) = store.records()
-        assert rec.status == "finished" and rec.method == "linear" and rec.task == TASK
+        assert rec.status == "finished" and rec.spec.method == "linear" and rec.spec.task == TASK
         assert rec.provenance["packages"]["torch"]
         assert rec.result["parameters"]["method"] == 0 and rec.result["parameters"]["head"] > 0
         train, evaluation = rec.result["train"], rec.result["eval"]
@@ -181,7 +181,7 @@ def test_plugin_distribution_is_listed_and_runs(tmp_path):
     assert run.returncode == 0, run.stderr
     with Store(tmp_path / "s.sqlite") as store:
         (rec,) = store.records()
-    assert rec.status == "finished" and rec.method == "onetoken"
+    assert rec.status == "finished" and rec.spec.method == "onetoken"
     assert rec.result["parameters"]["method"] == 64  # one token of width 64 on tiny-vit
 
 
@@ -191,7 +191,7 @@ def test_show_plots_adapt_context_lengths_and_refuses_methods_without_a_figure(t
     assert _run(tmp_path, "--method", "adapt", *adapt, "--set", "accumulation_steps=2") == 0
     assert _run(tmp_path, "--method", "zeroshot", *adapt[:6]) == 0
     with Store(tmp_path / "s.sqlite") as store:
-        runs = {r.method: r.run_id for r in store.records()}
+        runs = {r.spec.method: r.run_id for r in store.records()}
     png = tmp_path / "fig" / "adapt.png"
     capsys.readouterr()
     assert main(["show", runs["adapt"][:10], "--store", str(tmp_path / "s.sqlite"), "--plot", str(png)]) == 0

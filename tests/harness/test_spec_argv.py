@@ -66,6 +66,10 @@ CASES = {
         protocol_overrides={"batch_size": 8},
         measure={"fgsm": {"epsilons": [2 / 255, 0.01], "max_examples": 100}},
     ),
+    "the test score per epoch (--test-by-epoch)": dict(
+        method="vpt",
+        measure={"fgsm": {"epsilons": [1 / 255], "max_examples": 500}, "test_by_epoch": True},
+    ),
 }
 
 

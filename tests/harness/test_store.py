@@ -47,7 +47,7 @@ def test_lifecycle_attempts_and_update(tmp_path):
         rec = store.get(spec.run_id)
         assert rec.status == "finished" and rec.attempts == 2 and rec.error is None
         assert rec.metrics == {"accuracy": 50.0} and rec.wall_time_s == 1.5
-        assert rec.spec == spec and rec.method == "vpt" and rec.task == "colors"
+        assert rec.spec == spec and rec.spec.method == "vpt" and rec.spec.task == "colors"
         assert store.is_finished(spec.run_id)
         store.update_result(spec.run_id, {"metric": "accuracy", "robustness": {}})
         assert store.get(spec.run_id).result["robustness"] == {}
@@ -61,8 +61,8 @@ def test_filters_and_prefix_resolution(tmp_path):
         for s in specs:
             store.mark_running(s, {})
         assert len(store.records()) == 5
-        assert [r.method for r in store.records(method="linear")] == ["linear"]
-        assert [r.seed for r in store.records(method="vpt")] == [0, 1, 2, 3]
+        assert [r.spec.method for r in store.records(method="linear")] == ["linear"]
+        assert [r.spec.seed for r in store.records(method="vpt")] == [0, 1, 2, 3]
         target = specs[0].run_id
         assert store.resolve(target[:12]).run_id == target
         with pytest.raises(UserError, match="no run"):

@@ -1,11 +1,15 @@
 """SSF: the exact count on ViT-B/16, equal to a transcription of dongzelian/SSF's forward, folding
-changes no output on ViT, Swin and CLIP (and unfolding restores the weights), the fold stage and state."""
+changes no output on ViT, Swin and CLIP (and unfolding restores the weights), the fold stage and state,
+and a frozen-backbone (teacher) forward without its tower-level scale and shift."""
+
+import copy
 
 import pytest
 import torch
 from vit_reference import forward, randomize
 
 from petlbench.backbones import build_backbone
+from petlbench.methods.base import frozen_backbone
 from petlbench.methods.registry import get_method
 from petlbench.methods.ssf import SSF
 
@@ -116,3 +120,25 @@ def test_fold_stage_and_folded_state_reload():
     with torch.no_grad():
         torch.testing.assert_close(fresh.encode_image(pixels), expected, atol=1e-5, rtol=1e-5)
     assert [s.name for s in SSF().stages()] == ["train"]
+
+
+def test_frozen_backbone_empties_the_tower_level_slots_too():
+    """A teacher forward inside ``frozen_backbone`` is the plain backbone's: SSF's scale and shift
+    after the patch embedding and the final norm (tower-level slots) are emptied with the layers'."""
+    b = build_backbone("tiny-vit")
+    untouched = copy.deepcopy(b)
+    m = SSF()
+    m.attach(b)
+    randomize(m, std=0.2)
+    slots = b.tower("image").tower_slots
+    assert slots.after_patch_embed is not None and slots.after_final_norm is not None
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        tuned = b.encode_image(pixels)
+        with frozen_backbone(b):
+            assert b.tower("image").tower_slots.modules() == []
+            teacher = b.encode_image(pixels)
+        again = b.encode_image(pixels)
+        plain = untouched.encode_image(pixels)
+    assert torch.equal(teacher, plain)
+    assert torch.equal(again, tuned) and not torch.allclose(tuned, plain, atol=1e-3)

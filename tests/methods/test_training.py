@@ -39,7 +39,7 @@ def test_vpt_and_linear_probe_beat_chance_clearly_through_bench_run(tmp_path, me
     ]
     assert main([*args, "--store", str(tmp_path / "s.sqlite"), "--no-fgsm"]) == 0
     with Store(tmp_path / "s.sqlite") as store:
-        accuracy_by_task = {r.task: r.metrics["accuracy"] for r in store.records()}
+        accuracy_by_task = {r.spec.task: r.metrics["accuracy"] for r in store.records()}
     for task in tasks:
         chance = 100.0 / len(load_task(SMOKE.task(task), None).class_names)
         assert accuracy_by_task[task] > 2.5 * chance, (task, accuracy_by_task[task], chance)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from petlbench.benchmarks.data import TaskData
 from petlbench.benchmarks.datasets import FORMATS, list_task
 from petlbench.benchmarks.datasets._files import check_labels
 from petlbench.benchmarks.suites import Suite, TaskSpec
@@ -194,6 +195,7 @@ def cache_targets(
         except UserError as err:
             out += [CacheTarget(task.name, b, split, reason=f"cannot load: {err}") for b in names]
             continue
+        assert isinstance(data, TaskData)  # sequence-to-sequence formats were skipped above
         decoded = int(getattr(dataset, "image_args", {}).get("image_size", data.image_size))
         for name in names:
             size, interpolation = _backbone_input(name, decoded, known)

@@ -692,7 +692,7 @@ def _entries(rows: list[dict[str, Any]], infos: dict[tuple[str, str], SuiteInfo]
         hm = combine("base_new_hm", by_task, info.groups, group_names) if has_hm else None
         effs = [r["efficiency"] for r in picked]
         fgsm = [r["fgsm"] for r in picked if r["fgsm"]]
-        grid = fgsm[0]["eps"] if fgsm else None
+        grid = fgsm[0]["eps"] if fgsm else []
         same = [f for f in fgsm if f["eps"] == grid]
         entries.append(
             {
@@ -912,7 +912,7 @@ def build_leaderboard(
             r["cell_id"],
         )
     )
-    suites = [
+    suite_rows = [
         {
             "suite": info.name,
             "suite_version": info.version,
@@ -937,7 +937,7 @@ def build_leaderboard(
             **({"perf": perf_info} if perf_info is not None else {}),
         },
         "notes": sorted(info.note for info in infos.values() if info.note),
-        "suites": suites,
+        "suites": suite_rows,
         "entries": entries,
         "rows": rows,
         "reported": list(reported or []),

@@ -3,7 +3,8 @@
 Aggregation, in order:
 
 * **cell** = every spec field but the seed (suite and its version, method and its config, backbone, task,
-  protocol, stage, measurement options). Over a cell's seeds: mean, *sample* standard deviation
+  protocol, stage, measurement options except ``test_by_epoch``, which changes no number; each seed
+  counted once, see ``one_record_per_seed``). Over a cell's seeds: mean, *sample* standard deviation
   (``statistics.stdev``, n - 1 in the denominator; 0 when n = 1) and n. One row per cell.
 * **entry** = (suite, suite version, method, method config, backbone, backbone pretrained or not). When
   an entry has more than one cell for a task (e.g. two learning rates), the cell with the best mean
@@ -334,17 +335,37 @@ def shots_variant(spec: dict[str, Any]) -> int | None:
     return None
 
 
+# Measurement options that add to a record without changing any of its numbers: records that differ
+# only in them belong to one cell (their run ids differ; see one_record_per_seed).
+RESULT_NEUTRAL_MEASURES = frozenset({"test_by_epoch"})
+
+
 def cell_shape(spec: dict[str, Any]) -> dict[str, Any]:
     """A record's spec in the one shape cells are described and hashed in: version 1's, where
     ``pretrained`` sits in the protocol as ``backbone_pretrained``. Records of spec version 2 (a
     ``pretrained`` field and a ``version``) of the same configuration land in the same cell as version-1
     ones, and a board built from version-1 records is byte for byte what it was."""
+    measure = spec.get("measure") or {}
+    if RESULT_NEUTRAL_MEASURES & set(measure):  # a measurement that changes no number is not a new cell
+        spec = {**spec, "measure": {k: v for k, v in measure.items() if k not in RESULT_NEUTRAL_MEASURES}}
     if "version" not in spec:
         return spec
     out = {k: v for k, v in spec.items() if k not in ("version", "pretrained")}
     pretrained = bool(spec.get("pretrained", True))
     out["protocol"] = {**(spec.get("protocol") or {}), "backbone_pretrained": pretrained}
     return out
+
+
+def one_record_per_seed(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A cell counts each seed once. Two records of one seed in one cell computed the same thing (a
+    version-2 re-run of a version-1 record, or a ``--test-by-epoch`` re-run, which scores test per
+    epoch besides): the one carrying ``result.selection`` is kept, else the smaller run id; the
+    records keep their order."""
+    keep: dict[int, dict[str, Any]] = {}
+    for r in sorted(records, key=lambda r: (_get(r, "result", "selection") is None, r["run_id"])):
+        keep.setdefault(int(r["spec"]["seed"]), r)
+    kept = {id(r) for r in keep.values()}
+    return [r for r in records if id(r) in kept]
 
 
 def entry_key(spec: dict[str, Any]) -> tuple[str, ...]:
@@ -885,6 +906,8 @@ def build_leaderboard(
         spec.setdefault("measure", {})
         cell = Cell(spec)
         cells.setdefault(cell.cell_id, cell).records.append(r)
+    for cell in cells.values():
+        cell.records = one_record_per_seed(cell.records)
     tasks_by_suite: dict[tuple[str, str], set[str]] = defaultdict(set)
     for cell in cells.values():
         tasks_by_suite[(cell.spec["suite"], str(cell.spec["suite_version"]))].add(cell.spec["task"])

@@ -170,3 +170,30 @@ def test_selection_inflation_and_speed_ratio_are_read_from_the_records_and_shown
     table = average_table(plain, "smoke", "2")
     assert table.rows[0][table.header.index("speed ratio")] == "-"
     assert table.rows[0][table.header.index("selection inflation")] == "-"
+
+
+def test_a_test_by_epoch_rerun_joins_its_cell_and_each_seed_counts_once():
+    """A ``--test-by-epoch`` re-run of a seed has its own run id but computes the same numbers: it
+    lands in the plain runs' cell, replaces that seed's plain record (it measured more), and the
+    seed is counted once."""
+    import dataclasses
+
+    from petlbench.harness.spec import RunSpec
+
+    plain = [make_record("colors", 1, 55.0), make_record("colors", 2, 70.0)]
+    rerun = make_record("colors", 1, 55.0)
+    spec = RunSpec.from_dict(rerun["spec"])
+    flagged = dataclasses.replace(spec, measure={**spec.measure, "test_by_epoch": True})
+    rerun["spec"], rerun["run_id"] = flagged.to_dict(), flagged.run_id
+    assert rerun["run_id"] != plain[0]["run_id"]
+    rerun["result"]["selection"] = {"test_by_candidate": [50.0, 60.0, 55.0], "selected_test": 55.0}
+    for records in (plain + [rerun], [rerun] + plain):  # the same board whatever the file order
+        doc = build_leaderboard(records, [], suites=installed_suite)
+        validate(doc)
+        (row,) = doc["rows"]
+        assert row["n"] == 2 and row["mean"] == 62.5
+        assert sorted(r["run_id"] for r in row["runs"]) == sorted([rerun["run_id"], plain[1]["run_id"]])
+        assert row["selection_inflation"]["gap"] == 5.0 and row["selection_inflation"]["n"] == 1
+    # without the re-run the board is the plain one, and two plain copies of a seed count once
+    doc = build_leaderboard(plain + [dict(plain[0])], [], suites=installed_suite)
+    assert doc["rows"][0]["n"] == 2

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from petlbench.backbones.registry import backbone_entry
 from petlbench.benchmarks.suites import Suite
 from petlbench.errors import UserError
 
@@ -103,20 +104,36 @@ def _compute_in_worker(
     return runner.compute(spec)
 
 
+def _tower_count(backbone: str) -> int:
+    """How many towers the backbone's registry entry declares (1 where it declares none or is not
+    registered: a cost guess, never a check)."""
+    try:
+        entry = backbone_entry(backbone)
+    except UserError:
+        return 1
+    return len(entry.towers) if entry.towers else 1
+
+
 def dispatch_order(specs: Sequence[RunSpec]) -> list[RunSpec]:
     """The order a pool hands runs to its workers: the cheapest first, so a first result line comes
     early, then the most expensive first (longest-processing-time order: the runs left at the end are
     short, so the workers finish together instead of one training the longest run alone). What a plan
     knows of a run's cost without loading data: a few-shot training set (``shots``) is small, a full
     one is not, so full-data runs cost more whatever their epochs (on ``mini`` a 10-epoch full-data
-    run trains twice as long as a 30-epoch 16-shot one); within each kind, more epochs cost more.
-    Ties keep the plan's order. Which worker computes a run never changes its numbers."""
+    run trains twice as long as a 30-epoch 16-shot one); within each kind, more epochs cost more, and
+    then more towers (a CLIP run also encodes every class prompt each step, and its worker imports the
+    text library first). Ties keep the plan's order. Which worker computes a run never changes its
+    numbers."""
     if len(specs) < 3:
         return list(specs)
+    towers: dict[str, int] = {}
 
-    def cost(spec: RunSpec) -> tuple[bool, float]:
+    def cost(spec: RunSpec) -> tuple[bool, float, int]:
         epochs = spec.protocol.get("epochs")
-        return spec.protocol.get("shots") is None, float(epochs) if isinstance(epochs, int | float) else 0.0
+        if spec.backbone not in towers:
+            towers[spec.backbone] = _tower_count(spec.backbone)
+        full_data = spec.protocol.get("shots") is None
+        return full_data, float(epochs) if isinstance(epochs, int | float) else 0.0, towers[spec.backbone]
 
     first = min(range(len(specs)), key=lambda i: cost(specs[i]))
     rest = [s for i, s in enumerate(specs) if i != first]

@@ -58,6 +58,23 @@ def format_point(point: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items()) or "-"
 
 
+def _selection_inflation_lines(selection: dict[str, Any]) -> list[str]:
+    """The test score per candidate (``--test-by-epoch``): what the protocol's selection got against
+    what picking the best test score would have claimed (the leaderboard's selection-inflation cell)."""
+    scores = [v for v in selection.get("test_by_candidate") or [] if isinstance(v, int | float)]
+    chosen = selection.get("selected_test")
+    if not scores or not isinstance(chosen, int | float):
+        return []
+    best = max(scores)
+    at = scores.index(best)
+    return [
+        f"test by epoch:      {sparkline(scores)}  {_num(scores[0])} -> {_num(scores[-1])}",
+        f"  selected {_num(chosen)}; best over {len(scores)} {selection.get('candidates', 'candidates')} "
+        f"{_num(best)} (#{at + 1}): a test-selected number would claim {best - chosen:+.2f} "
+        "(test is never read by training or selection)",
+    ]
+
+
 def summary_lines(record: dict[str, Any]) -> list[str]:
     """The summary of one run: identity, metrics, parameters, cost, speed, protocol (with the layer
     each value came from), deviations, training history as sparklines, robustness, error."""
@@ -138,6 +155,7 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
         if finite:
             ends = f"{_num(finite[0], 4)} -> {_num(finite[-1], 4)}"
             lines.append(f"loss by epoch:      {sparkline(loss)}  {ends}")
+    lines += _selection_inflation_lines(result.get("selection") or {})
     fgsm = (result.get("robustness") or {}).get("fgsm") or {}
     if fgsm.get("eps"):
         pairs = ", ".join(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
 from ..attention import cross_attention, project_memory, slot_attention
 from ..slots import LayerSlots
@@ -42,6 +41,10 @@ class ResNetStem(nn.Module):
         self.layer3 = self._stage(width * 4, layers[2], 2)
 
     def _stage(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        # Imported here: torchvision's import (it loads torch._dynamo) costs seconds, and planning reads
+        # this module through the backbone catalog without building a stem.
+        from torchvision.models.resnet import Bottleneck
+
         out = planes * Bottleneck.expansion
         downsample = None
         if stride != 1 or self.inplanes != out:

@@ -421,8 +421,13 @@ def test_a_pool_serves_every_run_call_until_closed(tmp_path):
 
     suite = load_suite("smoke")
     specs, _ = plan_runs(
-        "linear", suite, backbones=["tiny-vit"], tasks=["shapes"], seeds=[1, 2],
-        protocol_overrides={"epochs": 1}, measure={},
+        "linear",
+        suite,
+        backbones=["tiny-vit"],
+        tasks=["shapes"],
+        seeds=[1, 2],
+        protocol_overrides={"epochs": 1},
+        measure={},
     )
     with Store(tmp_path / "s.sqlite") as store:
         executor = PoolExecutor(Runner(store, suite, checkpoint_dir=tmp_path / "ck"), jobs=1)

@@ -305,8 +305,10 @@ def test_fgsm_in_chunks_equals_one_pass(monkeypatch) -> None:
     method.attach(backbone)
     model = ImageClassifier(backbone, LinearHead(backbone.feature_dim, 3), method)
     g = torch.Generator().manual_seed(1)
-    data = TensorImageDataset(torch.randint(0, 256, (37, 3, 32, 32), generator=g, dtype=torch.uint8),
-                              torch.randint(0, 3, (37,), generator=g))
+    data = TensorImageDataset(
+        torch.randint(0, 256, (37, 3, 32, 32), generator=g, dtype=torch.uint8),
+        torch.randint(0, 3, (37,), generator=g),
+    )
     chunked = robustness.fgsm(model, data, 3, batch_size=4, epsilons=(0.0, 4 / 255, 0.5))  # chunks of 16
     monkeypatch.setattr(robustness, "CHUNK_BATCHES", 1000)
     whole = robustness.fgsm(model, data, 3, batch_size=4, epsilons=(0.0, 4 / 255, 0.5))

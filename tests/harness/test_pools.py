@@ -65,3 +65,45 @@ def test_dispatch_order_puts_one_cheap_run_first_then_the_longest_first():
     # d: the first cheapest (few-shot, fewest epochs); then full-data runs, longest first; ties in plan order
     assert order == ["d", "full20", "full10", "a", "c", "e", "f"]
     assert [s.task for s in dispatch_order(plan[:2])] == ["a", "full10"]  # nothing to gain below three
+
+
+def test_dispatch_order_starts_with_an_image_only_backbone_where_the_cost_ties():
+    from petlbench.harness.executors import dispatch_order
+    from petlbench.harness.spec import RunSpec
+
+    def spec(backbone: str, task: str, shots: int | None = 16) -> RunSpec:
+        return RunSpec("m", {}, backbone, "s", "1", task, {"epochs": 30, "shots": shots}, seed=1)
+
+    plan = [spec("micro-clip", "a"), spec("micro-clip", "full", None), spec("micro-vit", "a")]
+    plan += [spec("micro-vit", "full", None), spec("unregistered", "b")]
+    order = [(s.backbone, s.task) for s in dispatch_order(plan)]
+    # micro-vit has one tower, micro-clip two; an unregistered backbone counts as one, after micro-vit
+    # in plan order; the rest longest first, the two-tower run before the one-tower run of a kind
+    assert order == [
+        ("micro-vit", "a"),
+        ("micro-clip", "full"),
+        ("micro-vit", "full"),
+        ("micro-clip", "a"),
+        ("unregistered", "b"),
+    ]
+
+
+PLAN_ONLY = """
+import sys
+from petlbench.cli import main
+assert main(["plan", "--method", "adapt", "--suite", "mini", "--json"]) == 0
+heavy = ("torchvision", "open_clip", "timm", "art", "fvcore", "datasets")
+print(" ".join(m for m in heavy if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_planning_a_run_imports_no_model_or_attack_library():
+    """The driver of ``bench run``/``sweep`` plans, claims and stores; the model libraries are the
+    workers' to import. torchvision alone costs seconds (it loads torch._dynamo), all of them before
+    the first worker starts, so one of them imported at module level delays every first result."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", PLAN_ONLY], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1:] in ([], [""]), proc.stderr[-500:]

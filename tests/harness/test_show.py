@@ -48,6 +48,27 @@ def test_summary_of_a_committed_lora_record_names_every_part():
     assert "epochs=10" in text and "lr=0.05" in text and "[layer]" in text
 
 
+def test_summary_of_a_test_by_epoch_run_shows_what_test_selection_would_claim():
+    history = [{"epoch": e, "loss": 1.0 / (e + 1), "selection_accuracy": 50.0 + e} for e in range(4)]
+    selection = {"candidates": "epochs", "selected_test": 61.0, "test_by_candidate": [40.0, 63.5, 62.0, 61.0]}
+    record = {
+        "run_id": "abc",
+        "status": "finished",
+        "spec": {"method": "vpt", "backbone": "micro-vit", "task": "t", "seed": 1},
+        "result": {"history": history, "selection": selection},
+    }
+    lines = summary_lines(record)
+    (curve,) = [line for line in lines if line.startswith("test by epoch: ")]
+    assert curve.endswith("40.00 -> 61.00") and len(curve.split()[3]) == 4
+    assert (
+        "  selected 61.00; best over 4 epochs 63.50 (#2): a test-selected number would claim +2.50 "
+        "(test is never read by training or selection)"
+    ) in lines
+    assert not any(
+        line.startswith("test by epoch") for line in summary_lines({**record, "result": {"history": history}})
+    )
+
+
 def test_summary_of_a_failed_run_shows_the_error_line():
     record = {
         "run_id": "abc",

@@ -104,6 +104,8 @@ def test_logits_match_the_reference(cls, cfg):
     with torch.no_grad():
         method.ctx.add_(0.5)
         torch.testing.assert_close(
-            head(backbone.encode_image(pixels)), _reference_logits(backbone, method, pixels, cls is MaPLe),
-            atol=1e-5, rtol=1e-5,
+            head(backbone.encode_image(pixels)),
+            _reference_logits(backbone, method, pixels, cls is MaPLe),
+            atol=1e-5,
+            rtol=1e-5,
         )

@@ -58,8 +58,16 @@ def _frozen(backbone, pixels):
 def _reference_loss(logits, labels, text, teacher, image, zs, scale):
     """promptsrc.py L297-313."""
     zs_logits = scale * zs @ teacher.t()
-    kl = F.kl_div(F.log_softmax(logits / 1, dim=1), F.log_softmax(zs_logits / 1, dim=1), reduction="sum",
-                  log_target=True) * (1 * 1) / logits.numel()
+    kl = (
+        F.kl_div(
+            F.log_softmax(logits / 1, dim=1),
+            F.log_softmax(zs_logits / 1, dim=1),
+            reduction="sum",
+            log_target=True,
+        )
+        * (1 * 1)
+        / logits.numel()
+    )
     return F.cross_entropy(logits, labels) + kl + F.l1_loss(text, teacher) * 25 + F.l1_loss(image, zs) * 10
 
 
@@ -89,8 +97,9 @@ def test_loss_on_a_fixed_batch_matches_the_reference():
     ctx = LossContext(logits, labels, features, head, torch.arange(4), 0, 0, lambda: frozen_now)
     got = F.cross_entropy(logits, labels) + method.extra_loss(ctx)
     text = head.last_text
-    want = _reference_loss(logits, labels, text, teacher, F.normalize(features, dim=-1), zs,
-                           backbone.logit_scale.exp())
+    want = _reference_loss(
+        logits, labels, text, teacher, F.normalize(features, dim=-1), zs, backbone.logit_scale.exp()
+    )
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -117,8 +126,15 @@ def test_trainer_path_uses_frozen_image_features():
     with torch.no_grad():
         features = model.features(pixels)
         logits = head(features)
-        want = _reference_loss(logits, labels, head.last_text, teacher, F.normalize(features, dim=-1), zs,
-                               backbone.logit_scale.exp())
+        want = _reference_loss(
+            logits,
+            labels,
+            head.last_text,
+            teacher,
+            F.normalize(features, dim=-1),
+            zs,
+            backbone.logit_scale.exp(),
+        )
     assert history[0]["loss"] == pytest.approx(float(want), abs=1e-5)
 
 

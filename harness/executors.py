@@ -49,13 +49,29 @@ OnStep = Callable[[RunSpec, int, int, float], Any]
 
 
 class LocalExecutor(Executor):
-    """One run after another in this process (``on_step`` sees every optimisation step)."""
+    """One run after another in this process (``on_step`` sees every optimisation step). On CPU the
+    runs compute with one intra-op thread, as a pool worker does: the thread count changes how float
+    sums are split, and so the last bits of a run's numbers (a 10-epoch Adapt run on ``mini`` ended
+    1.25 points apart with two threads and one), so ``--jobs 1`` and ``--jobs N`` store the same
+    numbers. The process's thread count is restored afterwards."""
 
     def __init__(self, runner: Runner, on_step: OnStep | None = None) -> None:
         super().__init__(runner)
         self.on_step = on_step
 
     def run(self, specs: Sequence[RunSpec], on_done: OnDone | None = None) -> list[RunResult]:
+        import torch
+
+        if self.runner.device.type != "cpu":
+            return self._run(specs, on_done)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._run(specs, on_done)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, specs: Sequence[RunSpec], on_done: OnDone | None) -> list[RunResult]:
         out = []
         on_step = self.on_step
         for spec in specs:

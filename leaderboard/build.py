@@ -908,6 +908,7 @@ def build_leaderboard(
         cells.setdefault(cell.cell_id, cell).records.append(r)
     for cell in cells.values():
         cell.records = one_record_per_seed(cell.records)
+    superseded = len(used) - sum(len(cell.records) for cell in cells.values())
     tasks_by_suite: dict[tuple[str, str], set[str]] = defaultdict(set)
     for cell in cells.values():
         tasks_by_suite[(cell.spec["suite"], str(cell.spec["suite_version"]))].add(cell.spec["task"])
@@ -952,8 +953,10 @@ def build_leaderboard(
         "conventions": CONVENTIONS,
         "inputs": {
             "records": len(records),
-            "used": len(used),
+            "used": len(used) - superseded,
             "skipped_not_final_or_unfinished": len(records) - len(used),
+            # a second record of a seed a cell already counts (see one_record_per_seed)
+            **({"superseded_same_seed": superseded} if superseded else {}),
             "records_sha256": hashlib.sha256(
                 "".join(sorted(r["run_id"] for r in records)).encode()
             ).hexdigest(),

@@ -375,16 +375,17 @@ def test_sweep_off_a_terminal_prints_one_line_per_finished_run_and_no_table(tmp_
 
 
 def test_jobs_2_stores_the_same_numbers_as_jobs_1(tmp_path, capsys):
-    """Worker processes compute with one thread each: the same numbers as one thread in this
-    process, history and FGSM included."""
+    """Worker processes compute with one thread each, and so does a run in this process whatever
+    this process's thread count: the same numbers, history and FGSM included."""
     import torch
 
     argv = ["run", "--method", "vpt", "--suite", "smoke", "--backbone", "tiny-vit", "--tasks"]
     argv += ["digits,colors", "--seeds", "1", "--protocol", "epochs=2", "--fgsm-examples", "16"]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)  # what a 2-core machine gives a process that did not ask
     try:
         assert main([*argv, "--jobs", "1", "--store", str(tmp_path / "one" / "s.sqlite")]) == 0
+        assert torch.get_num_threads() == 2  # restored
     finally:
         torch.set_num_threads(threads)
     assert main([*argv, "--jobs", "2", "--store", str(tmp_path / "two" / "s.sqlite")]) == 0
@@ -396,6 +397,7 @@ def test_jobs_2_stores_the_same_numbers_as_jobs_1(tmp_path, capsys):
         assert x.metrics == y.metrics
         assert [h["loss"] for h in x.result["history"]] == [h["loss"] for h in y.result["history"]]
         assert x.result["robustness"] == y.result["robustness"]
+        assert x.provenance["hardware"]["torch_threads"] == y.provenance["hardware"]["torch_threads"] == 1
 
 
 def test_data_prepare_with_a_corrupt_archive_is_one_line(tmp_path, capsys):

@@ -92,10 +92,16 @@ def test_version_1_specs_keep_their_run_ids_and_load_as_version_2_fields():
     records = Path(__file__).resolve().parents[2] / "leaderboard" / "records" / "mini.jsonl"
     lines = [json.loads(line) for line in records.read_text().splitlines()]
     legacy = [r for r in lines if "version" not in r["spec"]]
-    written_back = [r for r in lines if "version" in r["spec"]]
-    assert legacy and written_back and len(legacy) + len(written_back) == len(lines)
-    assert all(r["spec"]["version"] == 1 and "pretrained" in r["spec"] for r in written_back)
-    for record in lines:
+    written_back = [r for r in lines if r["spec"].get("version") == 1]
+    current = [r for r in lines if r["spec"].get("version") == SPEC_VERSION]  # runs made since
+    assert legacy and written_back and current
+    assert len(legacy) + len(written_back) + len(current) == len(lines)
+    assert all("pretrained" in r["spec"] for r in written_back + current)
+    for record in current:
+        spec = RunSpec.from_dict(record["spec"])
+        assert spec.version == SPEC_VERSION and spec.run_id == record["run_id"]
+        assert RunSpec.from_dict(spec.to_dict()).run_id == record["run_id"]
+    for record in legacy + written_back:
         spec = RunSpec.from_dict(record["spec"])
         assert spec.version == 1 and spec.run_id == record["run_id"]
         assert "backbone_pretrained" not in spec.protocol
@@ -104,8 +110,8 @@ def test_version_1_specs_keep_their_run_ids_and_load_as_version_2_fields():
         assert spec.pretrained is expected
         again = RunSpec.from_dict(spec.to_dict())  # as the store writes it back
         assert again == spec and again.run_id == record["run_id"]
-    fresh = RunSpec.from_dict({**RunSpec.from_dict(lines[0]["spec"]).to_dict(), "version": SPEC_VERSION})
-    assert fresh.version == 2 and fresh.run_id != lines[0]["run_id"]
+    fresh = RunSpec.from_dict({**RunSpec.from_dict(legacy[0]["spec"]).to_dict(), "version": SPEC_VERSION})
+    assert fresh.version == 2 and fresh.run_id != legacy[0]["run_id"]
     assert "pretrained" in fresh.canonical_json() and "backbone_pretrained" not in fresh.canonical_json()
     random_init = RunSpec.from_dict({**fresh.to_dict(), "pretrained": False})
     assert random_init.run_id != fresh.run_id

@@ -12,7 +12,7 @@ from test_leaderboard import fake_suites, make_record  # the leaderboard tests' 
 
 from petlbench.cli.leaderboard import installed_suite
 from petlbench.leaderboard.build import build_leaderboard, ci95, ci_ranks, t_quantile, validate
-from petlbench.leaderboard.render import average_table, fmt_rank, render_csv, task_table
+from petlbench.leaderboard.render import average_table, fmt_rank, records_used, render_csv, task_table
 
 
 def test_t_quantiles_match_their_closed_forms_and_tables():
@@ -194,6 +194,19 @@ def test_a_test_by_epoch_rerun_joins_its_cell_and_each_seed_counts_once():
         assert row["n"] == 2 and row["mean"] == 62.5
         assert sorted(r["run_id"] for r in row["runs"]) == sorted([rerun["run_id"], plain[1]["run_id"]])
         assert row["selection_inflation"]["gap"] == 5.0 and row["selection_inflation"]["n"] == 1
+        assert (doc["inputs"]["records"], doc["inputs"]["used"], doc["inputs"]["superseded_same_seed"]) == (
+            3,
+            2,
+            1,
+        )
+        assert "2 of 3 records used: finished, final stage, one per seed (1 re-run of a seed" in records_used(
+            doc
+        )
     # without the re-run the board is the plain one, and two plain copies of a seed count once
+    doc = build_leaderboard(plain, [], suites=installed_suite)
+    assert (
+        "superseded_same_seed" not in doc["inputs"]
+        and records_used(doc) == "2 of 2 records used: finished, final stage"
+    )
     doc = build_leaderboard(plain + [dict(plain[0])], [], suites=installed_suite)
     assert doc["rows"][0]["n"] == 2

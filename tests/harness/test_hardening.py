@@ -245,6 +245,7 @@ def test_a_live_claim_is_busy_for_a_second_store_and_a_stale_heartbeat_is_not(tm
         assert second.claim(spec, {}) == "claimed"
 
 
+@pytest.mark.slow  # two processes train (30 s); the claim logic itself is tested above in-process
 def test_two_concurrent_runs_of_one_spec_train_it_once(tmp_path):
     store = tmp_path / "s.sqlite"
     argv = [

@@ -19,7 +19,8 @@ def test_only_method_parameters_train_and_backbone_is_bitwise_unchanged(colors, 
     assert trained.result.history[-1]["loss"] < trained.result.history[0]["loss"]
 
 
-@pytest.mark.parametrize("method", ["vpt", "linear"])
+# vpt trains through the whole backbone (30 s): slow; the linear probe keeps the path in the default run
+@pytest.mark.parametrize("method", [pytest.param("vpt", marks=pytest.mark.slow), "linear"])
 def test_vpt_and_linear_probe_beat_chance_clearly_through_bench_run(tmp_path, method):
     """The README's main job, on the in-distribution tasks of the smoke suite with the tiny ViT."""
     from petlbench.cli import main

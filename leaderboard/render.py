@@ -574,7 +574,7 @@ def render_html(doc: dict[str, Any], svg: bytes | None = None) -> str:
     e = html.escape
     body = [
         "<h1>petlbench leaderboard</h1>",
-        f"<p>{e(records_used(doc)).capitalize()}. "
+        f"<p>{e(records_used(doc))}. "
         "Click a column header to sort; the best value per column is highlighted.</p>",
     ]
     body += [f'<p class="note">note: {e(n)}</p>' for n in doc["notes"]]
